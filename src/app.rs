@@ -1,0 +1,195 @@
+//! The HTTP service, built apart from serving it: a `Clone` handle on shared state whose
+//! [`App::handle`] answers one request. Tests call it without a socket; [`crate::server::serve`]
+//! drives it per connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, StatusCode};
+
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome};
+use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYPE};
+use crate::response::{self, json, HttpResponse};
+use crate::router::{route, Route};
+use crate::store::{Sale, Store};
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body (`Content-Length`); the body itself is never read.
+    pub max_body: u64,
+    /// Bound on the store round trip that reads remaining counts for `/metrics`.
+    pub scrape_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: 64 * 1024,
+            scrape_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The service: store, catalogue and metrics behind one `Arc`.
+#[derive(Debug)]
+pub struct App<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for App<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<S> {
+    store: S,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl<S: Store> App<S> {
+    /// A service selling from `store` the events of `catalog`.
+    pub fn new(store: S, catalog: Arc<Catalog>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                catalog,
+                metrics,
+                limits,
+            }),
+        }
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The catalogue.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.inner.catalog
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Answers one request. Never fails: every error is an HTTP answer.
+    pub async fn handle<B>(&self, req: Request<B>) -> HttpResponse {
+        let m = &self.inner.metrics;
+        let _in_flight = m.request_started();
+        let r = route(req.method(), req.uri().path());
+        let response = match r {
+            Route::Buy(id) => self.buy(&req, id).await,
+            Route::BadEventId => ApiError::BadEventId.into_response(),
+            Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+            Route::Readyz => self.readyz().await,
+            Route::Metrics => self.metrics_response(&req).await,
+            Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow).into_response(),
+            Route::NotFound => ApiError::NotFound.into_response(),
+        };
+        m.record_http(r.label(), response.status().as_u16());
+        response
+    }
+
+    async fn buy<B>(&self, req: &Request<B>, id: &str) -> HttpResponse {
+        let too_large = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > self.inner.limits.max_body);
+        if too_large {
+            return ApiError::PayloadTooLarge.into_response();
+        }
+        let Some(event) = self.inner.catalog.get(id) else {
+            return ApiError::UnknownEvent.into_response();
+        };
+        let started = Instant::now();
+        let (path, result) = self.inner.store.purchase(&event).await;
+        let took = started.elapsed();
+        let (outcome, response) = match result {
+            Ok(Sale::Sold { ticket, remaining }) => {
+                event.metrics.set_remaining(remaining);
+                tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
+                (Outcome::Sold, response::sale(&event, ticket, remaining))
+            }
+            Ok(Sale::SoldOut) => {
+                event.metrics.set_remaining(0);
+                (Outcome::SoldOut, ApiError::SoldOut(event.id.clone()).into_response())
+            }
+            // The store logged the cause (rate-limited); the buyer may retry.
+            Err(_) => (Outcome::Unavailable, ApiError::Unavailable.into_response()),
+        };
+        event.metrics.record(outcome);
+        self.inner.metrics.record_purchase(path, outcome, took);
+        response
+    }
+
+    async fn readyz(&self) -> HttpResponse {
+        if self.inner.store.ready().await {
+            json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
+        } else {
+            let mut r = ApiError::Unavailable.into_response();
+            *r.body_mut() = Bytes::from_static(br#"{"error":"unavailable","status":"not_ready"}"#).into();
+            r
+        }
+    }
+
+    /// Unsold tickets per event: from the store within the scrape bound, else the last known
+    /// values.
+    pub async fn remaining_now(&self, events: &[Arc<crate::event::Event>]) -> Vec<u64> {
+        let read = tokio::time::timeout(
+            self.inner.limits.scrape_timeout,
+            self.inner.store.remaining(events),
+        )
+        .await;
+        match read {
+            Ok(Ok(counts)) if counts.len() == events.len() => {
+                for (e, r) in events.iter().zip(&counts) {
+                    e.metrics.set_remaining(*r);
+                }
+                counts
+            }
+            _ => events.iter().map(|e| e.metrics.remaining()).collect(),
+        }
+    }
+
+    async fn metrics_response<B>(&self, req: &Request<B>) -> HttpResponse {
+        let events = self.inner.catalog.events();
+        let remaining = self.remaining_now(&events).await;
+        let snapshot = Snapshot {
+            events: &events,
+            remaining: &remaining,
+            store: self.inner.store.name(),
+        };
+        let wants_json = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+            || req
+                .headers()
+                .get(ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/json"));
+        let mut out = Vec::with_capacity(4096 + events.len() * 512);
+        if wants_json {
+            render_json(&mut out, &self.inner.metrics, &snapshot);
+            json(StatusCode::OK, out)
+        } else {
+            render_text(&mut out, &self.inner.metrics, &snapshot);
+            let mut r = json(StatusCode::OK, out);
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+            r
+        }
+    }
+}

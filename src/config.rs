@@ -1,0 +1,278 @@
+//! Command-line and environment configuration (clap): every flag also reads an environment
+//! variable, and bad configuration ends the process with one line naming the setting and exit
+//! code 64 (`EX_USAGE`).
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::event::{validate_event_id, EventIdError};
+
+/// Exit code for bad configuration (`EX_USAGE` of sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Largest accepted capacity of one event.
+pub const MAX_CAPACITY: u64 = 1_000_000_000;
+
+/// ticketd sells tickets for many events at once, from Redis through one atomic Lua script,
+/// and keeps answering from memory when Redis fails.
+#[derive(Debug, Parser)]
+#[command(name = "ticketd", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// `seed`, or nothing to run the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of the service (when no subcommand is given).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Create missing events in Redis (idempotent), or replace them with --reset, then exit.
+    Seed(SeedArgs),
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Redis to sell from.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    pub redis_url: String,
+    /// Log format: human-readable lines or one JSON object per line. Filter with RUST_LOG.
+    #[arg(long, env = "TICKETD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Redis URL and log format.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on.
+    #[arg(long, env = "TICKETD_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Events that must exist, as ID=COUNT[,ID=COUNT...]; missing ones are seeded at start-up,
+    /// existing ones are left as they are.
+    #[arg(long, env = "TICKETD_EVENTS", default_value = "", value_parser = parse_events)]
+    pub events: EventSpecs,
+    /// Where tickets live: redis; memory (nothing persisted); auto: Redis, or memory when Redis
+    /// cannot be reached at start-up.
+    #[arg(long, env = "TICKETD_STORE", value_enum, default_value_t = StoreKind::Auto)]
+    pub store: StoreKind,
+    /// Clients (connections) in the fred pool; each pipelines concurrent commands.
+    #[arg(long, env = "TICKETD_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_pool_size: u16,
+    /// Bound on one Redis purchase call (e.g. 250ms, 1s); past it the buyer gets 503.
+    #[arg(long, env = "TICKETD_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// How long to wait for Redis at start-up before `--store auto` falls back to memory.
+    #[arg(long, env = "TICKETD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How often to re-read the event catalogue from Redis (events seeded while running).
+    #[arg(long, env = "TICKETD_CATALOG_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub catalog_refresh: Duration,
+    /// Bound on finishing in-flight requests after SIGTERM/SIGINT.
+    #[arg(long, env = "TICKETD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// A client must send its request headers within this time.
+    #[arg(long, env = "TICKETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Largest request body accepted on /buy (bytes; the body is ignored).
+    #[arg(long, env = "TICKETD_MAX_BODY", default_value_t = 65536)]
+    pub max_body: u64,
+}
+
+/// Settings of `ticketd seed`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    /// Redis URL and log format.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Events to create, as ID=COUNT[,ID=COUNT...].
+    #[arg(long, env = "TICKETD_EVENTS", value_parser = parse_events)]
+    pub events: EventSpecs,
+    /// Replace the pool and the sales ledger of every listed event.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// Which store sells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Redis, or memory when Redis cannot be reached at start-up.
+    Auto,
+    /// Redis only; purchases answer 503 while it cannot be reached.
+    Redis,
+    /// Process memory only; nothing is persisted.
+    Memory,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ID=COUNT` pairs in the order given, ids unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSpecs(pub Vec<(String, u64)>);
+
+impl EventSpecs {
+    /// `(id, capacity)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(id, n)| (id.as_str(), *n))
+    }
+}
+
+impl FromStr for EventSpecs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, count) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not ID=COUNT"))?;
+            let id = id.trim();
+            validate_event_id(id).map_err(|e| match e {
+                EventIdError::Empty => format!("'{part}' has an empty event id"),
+                other => format!("'{id}': {other}"),
+            })?;
+            let count: u64 = count
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{part}': COUNT must be a whole number"))?;
+            if count > MAX_CAPACITY {
+                return Err(format!("'{part}': COUNT may be at most {MAX_CAPACITY}"));
+            }
+            if out.iter().any(|(known, _)| known == id) {
+                return Err(format!("event '{id}' is listed twice"));
+            }
+            out.push((id.to_owned(), count));
+        }
+        Ok(Self(out))
+    }
+}
+
+fn parse_events(s: &str) -> Result<EventSpecs, String> {
+    s.parse()
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of milliseconds.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 250ms, 2s or 1m"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("'{s}' has an unknown unit (use ms, s or m)")),
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if s.starts_with("redis://") || s.starts_with("rediss://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("'{s}' is not a redis:// URL"))
+    }
+}
+
+/// Parses the command line, or ends the process: `--help`/`--version` print and exit 0, a bad
+/// setting prints one line naming it and exits with [`EXIT_CONFIG`].
+pub fn parse_or_exit() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            let rendered = e.render().to_string();
+            let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid configuration");
+            eprintln!("ticketd: {}", line.trim_start_matches("error: "));
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse() {
+        let e: EventSpecs = "1=10000, 2=5000,gala_2027=3".parse().unwrap();
+        assert_eq!(
+            e.0,
+            vec![("1".into(), 10000), ("2".into(), 5000), ("gala_2027".into(), 3)]
+        );
+        assert_eq!("".parse::<EventSpecs>().unwrap(), EventSpecs::default());
+        assert_eq!("1=0".parse::<EventSpecs>().unwrap().0, vec![("1".into(), 0)]);
+    }
+
+    #[test]
+    fn bad_events_say_what_is_wrong() {
+        for (input, needle) in [
+            ("1", "not ID=COUNT"),
+            ("=5", "empty event id"),
+            ("a{b=5", "may only hold"),
+            ("1=x", "whole number"),
+            ("1=-1", "whole number"),
+            ("1=2000000000", "at most"),
+            ("1=1,1=2", "listed twice"),
+        ] {
+            let err = input.parse::<EventSpecs>().unwrap_err();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+        let long = format!("{}=1", "a".repeat(65));
+        assert!(long.parse::<EventSpecs>().unwrap_err().contains("longer than 64"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn cli_defaults_and_env_names() {
+        let cli = Cli::try_parse_from(["ticketd"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(cli.serve.common.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cli.serve.store, StoreKind::Auto);
+        let cli = Cli::try_parse_from(["ticketd", "seed", "--events", "1=5", "--reset"]).unwrap();
+        match cli.command {
+            Some(Command::Seed(s)) => {
+                assert!(s.reset);
+                assert_eq!(s.events.0, vec![("1".into(), 5)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["ticketd", "--events", "1=x"]).is_err());
+        assert!(Cli::try_parse_from(["ticketd", "--redis-url", "http://x"]).is_err());
+        assert!(Cli::try_parse_from(["ticketd", "--redis-pool-size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["ticketd", "seed"]).is_err(), "seed needs --events");
+    }
+}

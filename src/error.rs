@@ -1,0 +1,139 @@
+//! The errors a client can see, and the one place they become HTTP status codes and bodies.
+//!
+//! Each answer carries a short JSON body with a stable `error` code. Causes (Redis errors and the
+//! like) are logged by the layer that saw them, never sent to the client.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, RETRY_AFTER};
+use http::StatusCode;
+
+use crate::response::{json, HttpResponse};
+
+/// Seconds a client is asked to wait before retrying a `503`.
+const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
+
+/// Everything a request can fail with, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The event id is empty, too long or holds a forbidden character.
+    #[error("malformed event id")]
+    BadEventId,
+    /// No event has this id.
+    #[error("unknown event")]
+    UnknownEvent,
+    /// Every ticket of the event is sold.
+    #[error("event {0} is sold out")]
+    SoldOut(Box<str>),
+    /// The store cannot sell right now (Redis failing and no fallback ticket left).
+    #[error("store unavailable")]
+    Unavailable,
+    /// No such path.
+    #[error("not found")]
+    NotFound,
+    /// The path exists, the method does not; the value is the `Allow` header.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// A request body over the limit.
+    #[error("payload too large")]
+    PayloadTooLarge,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadEventId => StatusCode::BAD_REQUEST,
+            ApiError::UnknownEvent | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::SoldOut(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The stable error code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadEventId => "bad_event_id",
+            ApiError::UnknownEvent => "unknown_event",
+            ApiError::SoldOut(_) => "sold_out",
+            ApiError::Unavailable => "unavailable",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+        }
+    }
+
+    /// The JSON body: `{"error":"<code>"}`, plus the event for `sold_out`.
+    pub fn body(&self) -> Bytes {
+        match self {
+            ApiError::SoldOut(event) => {
+                Bytes::from(format!(r#"{{"error":"sold_out","event":"{event}"}}"#))
+            }
+            other => {
+                let code = other.code();
+                let mut out = Vec::with_capacity(code.len() + 12);
+                out.extend_from_slice(br#"{"error":""#);
+                out.extend_from_slice(code.as_bytes());
+                out.extend_from_slice(br#""}"#);
+                Bytes::from(out)
+            }
+        }
+    }
+
+    /// The whole HTTP answer.
+    pub fn into_response(self) -> HttpResponse {
+        let mut response = json(self.status(), self.body());
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable => {
+                response.headers_mut().insert(RETRY_AFTER, RETRY_AFTER_SECS);
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: ApiError) -> (StatusCode, String) {
+        (e.status(), String::from_utf8(e.body().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn bodies_and_statuses() {
+        assert_eq!(
+            body(ApiError::SoldOut("1".into())),
+            (StatusCode::CONFLICT, r#"{"error":"sold_out","event":"1"}"#.into())
+        );
+        assert_eq!(
+            body(ApiError::UnknownEvent),
+            (StatusCode::NOT_FOUND, r#"{"error":"unknown_event"}"#.into())
+        );
+        assert_eq!(
+            body(ApiError::BadEventId),
+            (StatusCode::BAD_REQUEST, r#"{"error":"bad_event_id"}"#.into())
+        );
+        assert_eq!(
+            body(ApiError::NotFound),
+            (StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into())
+        );
+        assert_eq!(body(ApiError::Unavailable).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn headers() {
+        let r = ApiError::MethodNotAllowed("POST").into_response();
+        assert_eq!(r.headers()[ALLOW], "POST");
+        let r = ApiError::Unavailable.into_response();
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,198 @@
+//! Events and their tickets: id validation, the Redis keys of one event (prepared once), and the
+//! ticket id format `<event>-<number>` shared by the seeder, the stores and the responses.
+//!
+//! Event ids are 1 to 64 characters of `[A-Za-z0-9_-]`, so a `{` or `}` can never reach a key and
+//! break its Redis Cluster hash tag.
+
+use fred::types::Key;
+
+use crate::metrics::EventMetrics;
+
+/// Longest accepted event id, in bytes.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+
+/// Smallest number of digits in a ticket number (`1-000042`).
+const MIN_TICKET_DIGITS: usize = 6;
+
+/// Why an event id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventIdError {
+    /// The id is empty.
+    #[error("event id is empty")]
+    Empty,
+    /// The id is longer than [`MAX_EVENT_ID_LEN`].
+    #[error("event id is longer than 64 characters")]
+    TooLong,
+    /// The id holds a character outside `[A-Za-z0-9_-]`.
+    #[error("event id may only hold A-Z, a-z, 0-9, '_' and '-'")]
+    BadChar,
+}
+
+/// Checks an event id: 1 to 64 characters of `[A-Za-z0-9_-]`.
+///
+/// # Errors
+/// The first rule the id breaks.
+pub fn validate_event_id(id: &str) -> Result<(), EventIdError> {
+    if id.is_empty() {
+        return Err(EventIdError::Empty);
+    }
+    if id.len() > MAX_EVENT_ID_LEN {
+        return Err(EventIdError::TooLong);
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(EventIdError::BadChar);
+    }
+    Ok(())
+}
+
+/// The Redis keys of one event. All share the `{<id>}` hash tag, so one Redis Cluster slot holds
+/// them and one script may touch them all. Built once per event; cloning a [`Key`] only bumps a
+/// reference count.
+#[derive(Debug, Clone)]
+pub struct EventKeys {
+    /// `event:{id}:tickets`: LIST of the ticket ids not yet sold.
+    pub tickets: Key,
+    /// `event:{id}:sold`: HASH ticket id -> purchase record `<purchase id> <unix ms>`.
+    pub sold: Key,
+    /// `event:{id}:purchases`: HASH purchase id -> ticket id (or `!` once cancelled), so a re-sent
+    /// or late script call can never sell a second ticket for one purchase.
+    pub purchases: Key,
+    /// `event:{id}:meta`: HASH `capacity` -> N; its presence says the event was seeded.
+    pub meta: Key,
+}
+
+impl EventKeys {
+    /// The keys of event `id`.
+    pub fn new(id: &str) -> Self {
+        Self {
+            tickets: Key::from(format!("event:{{{id}}}:tickets")),
+            sold: Key::from(format!("event:{{{id}}}:sold")),
+            purchases: Key::from(format!("event:{{{id}}}:purchases")),
+            meta: Key::from(format!("event:{{{id}}}:meta")),
+        }
+    }
+
+    /// The keys in the order the Lua scripts expect them (`KEYS[1..4]`).
+    pub fn script_keys(&self) -> Vec<Key> {
+        vec![
+            self.tickets.clone(),
+            self.sold.clone(),
+            self.purchases.clone(),
+            self.meta.clone(),
+        ]
+    }
+}
+
+/// One event as this process knows it.
+#[derive(Debug)]
+pub struct Event {
+    /// The event id, already validated.
+    pub id: Box<str>,
+    /// How many tickets the event has in all.
+    pub capacity: u64,
+    /// Position in the catalogue; indexes per-event metrics.
+    pub index: usize,
+    /// Zero-padded width of the ticket number.
+    digits: usize,
+    /// The Redis keys, prepared once.
+    pub keys: EventKeys,
+    /// This event's counters.
+    pub metrics: EventMetrics,
+}
+
+impl Event {
+    /// An event with `capacity` tickets numbered `1..=capacity`.
+    ///
+    /// # Panics
+    /// If `id` is not a valid event id: callers validate ids where they enter the process.
+    pub fn new(id: &str, capacity: u64, index: usize) -> Self {
+        assert!(validate_event_id(id).is_ok(), "event id {id:?} is invalid");
+        Self {
+            id: id.into(),
+            capacity,
+            index,
+            digits: ticket_digits(capacity),
+            keys: EventKeys::new(id),
+            metrics: EventMetrics::with_remaining(capacity),
+        }
+    }
+
+    /// Appends the id of ticket `number` (`<event>-<zero-padded number>`) to `out`.
+    pub fn write_ticket_id(&self, number: u64, out: &mut Vec<u8>) {
+        write_ticket_id(&self.id, self.digits, number, out);
+    }
+
+    /// The id of ticket `number` as a string (seeding and tests; the hot path uses
+    /// [`Event::write_ticket_id`]).
+    pub fn ticket_id(&self, number: u64) -> String {
+        let mut out = Vec::with_capacity(self.id.len() + 1 + self.digits);
+        self.write_ticket_id(number, &mut out);
+        String::from_utf8(out).expect("ticket ids are ASCII")
+    }
+
+    /// The ticket number inside a ticket id of this event, or `None` if the id is not one of ours.
+    pub fn parse_ticket_id(&self, ticket: &[u8]) -> Option<u64> {
+        let rest = ticket.strip_prefix(self.id.as_bytes())?.strip_prefix(b"-")?;
+        if rest.is_empty() || rest.len() > 20 || !rest.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(rest).ok()?.parse().ok()
+    }
+}
+
+/// Digits of the ticket number for an event of `capacity` tickets: at least six, more when the
+/// capacity needs them, so that ids of one event sort in sale order.
+fn ticket_digits(capacity: u64) -> usize {
+    let mut buf = itoa::Buffer::new();
+    buf.format(capacity).len().max(MIN_TICKET_DIGITS)
+}
+
+fn write_ticket_id(id: &str, digits: usize, number: u64, out: &mut Vec<u8>) {
+    let mut buf = itoa::Buffer::new();
+    let n = buf.format(number).as_bytes();
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'-');
+    out.extend(std::iter::repeat_n(b'0', digits.saturating_sub(n.len())));
+    out.extend_from_slice(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_rules() {
+        assert_eq!(validate_event_id("1"), Ok(()));
+        assert_eq!(validate_event_id("spring_gala-2027"), Ok(()));
+        assert_eq!(validate_event_id(&"a".repeat(64)), Ok(()));
+        assert_eq!(validate_event_id(&"a".repeat(65)), Err(EventIdError::TooLong));
+        assert_eq!(validate_event_id(""), Err(EventIdError::Empty));
+        for bad in ["a{b", "a}b", "a b", "a/b", "é", "a%7B", "a:b"] {
+            assert_eq!(validate_event_id(bad), Err(EventIdError::BadChar), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_carry_the_hash_tag() {
+        let keys = EventKeys::new("42");
+        assert_eq!(keys.tickets.as_str(), Some("event:{42}:tickets"));
+        assert_eq!(keys.sold.as_str(), Some("event:{42}:sold"));
+        assert_eq!(keys.purchases.as_str(), Some("event:{42}:purchases"));
+    }
+
+    #[test]
+    fn ticket_ids_are_padded_and_parse_back() {
+        let small = Event::new("1", 1000, 0);
+        assert_eq!(small.ticket_id(42), "1-000042");
+        assert_eq!(small.parse_ticket_id(b"1-000042"), Some(42));
+        let big = Event::new("big", 12_345_678, 1);
+        assert_eq!(big.ticket_id(7), "big-00000007");
+        assert_eq!(big.parse_ticket_id(b"big-00000007"), Some(7));
+        for bad in [&b"2-000042"[..], b"1-", b"1-00a", b"1000042", b"1-+1"] {
+            assert_eq!(small.parse_ticket_id(bad), None);
+        }
+    }
+}

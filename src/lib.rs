@@ -1,0 +1,45 @@
+//! ticketd: sells tickets for many events at once under flash-sale load, from Redis through one
+//! atomic Lua script, and keeps answering from memory when Redis does not.
+//!
+//! # Layout
+//! - [`config`]: command line and environment, exit code 64 on bad settings.
+//! - [`run`]: start-up: picks the store, seeds, refreshes the catalogue, serves.
+//! - [`server`]: accept loop, hyper HTTP/1.1 connections, graceful shutdown.
+//! - [`app`]: the service: one request in, one response out, no socket needed.
+//! - [`router`]: routing by slicing the path.
+//! - [`response`]: JSON bodies written with `itoa`.
+//! - [`error`]: the client-visible errors and their HTTP mapping, in one place.
+//! - [`event`]: event ids, prepared Redis keys, ticket id format.
+//! - [`catalog`]: which events exist, answered without Redis.
+//! - [`store`]: the `Store` trait; [`store::redis`], [`store::memory`], [`store::cursor`],
+//!   [`store::scripts`] (the embedded Lua).
+//! - [`seed`]: building and atomically installing ticket pools; reading the catalogue.
+//! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
+//! - [`telemetry`]: tracing set-up; [`throttle`]: rate-limited logging; [`shutdown`]: signals.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod metrics_render;
+pub mod response;
+pub mod router;
+pub mod run;
+pub mod seed;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod throttle;
+
+pub use app::{App, Limits};
+pub use catalog::Catalog;
+pub use metrics::Metrics;
+pub use run::run;
+pub use server::{serve, ServeOptions};
+pub use store::Store;

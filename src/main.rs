@@ -1,0 +1,43 @@
+//! The `ticketd` binary: parse the configuration, set up logging, bind, and hand over to the
+//! library.
+
+use std::process::ExitCode;
+
+use ticketd::config::{self, Command};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = config::parse_or_exit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    match cli.command {
+        Some(Command::Seed(args)) => {
+            let _log = ticketd::telemetry::init(args.common.log_format);
+            runtime.block_on(ticketd::seed::run_seed(args))
+        }
+        Some(Command::Serve(args)) => serve(&runtime, args),
+        None => serve(&runtime, cli.serve),
+    }
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode {
+    let _log = ticketd::telemetry::init(args.common.log_format);
+    let listener = match runtime.block_on(tokio::net::TcpListener::bind(args.listen)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ticketd: --listen {}: {e}", args.listen);
+            return ExitCode::from(config::EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(ticketd::run(args, listener, ticketd::shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ticketd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The metrics registry: lock-free counters, gauges and histograms, created once and passed in.
+//!
+//! Every write on the purchase path is one relaxed atomic operation on a cache-line padded
+//! counter: no lock, no allocation, no map lookup. Per-event counters live inside the event
+//! itself ([`EventMetrics`], reached through the catalogue the request already consulted); the
+//! rare writer (a new event) takes the catalogue's parking_lot lock. Rendering is in
+//! [`crate::metrics_render`]; every metric name and HELP text is declared once in [`names`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_utils::CachePadded;
+
+/// Metric names and HELP texts, declared once, side by side.
+#[allow(missing_docs)] // each constant carries its own HELP text
+pub mod names {
+    /// `(name, type, help)` of one metric family.
+    pub type Family = (&'static str, &'static str, &'static str);
+
+    pub const PURCHASES: Family = (
+        "ticketd_purchases_total",
+        "counter",
+        "Purchase attempts by event and outcome (sold, sold_out, unavailable, error).",
+    );
+    pub const STORE_PURCHASES: Family = (
+        "ticketd_store_purchases_total",
+        "counter",
+        "Purchase answers by the store path that gave them (redis, fallback, memory) and outcome.",
+    );
+    pub const TICKETS_SOLD: Family = (
+        "ticketd_tickets_sold_total",
+        "counter",
+        "Tickets this instance sold, by event.",
+    );
+    pub const TICKETS_REMAINING: Family = (
+        "ticketd_tickets_remaining",
+        "gauge",
+        "Unsold tickets per event, read from the store at scrape time (last known value if it does not answer).",
+    );
+    pub const CAPACITY: Family = (
+        "ticketd_event_capacity",
+        "gauge",
+        "Tickets per event in all.",
+    );
+    pub const LATENCY: Family = (
+        "ticketd_purchase_duration_seconds",
+        "histogram",
+        "Time to decide one purchase in the store, by store path.",
+    );
+    pub const HTTP_REQUESTS: Family = (
+        "ticketd_http_requests_total",
+        "counter",
+        "HTTP requests answered, by route and status code.",
+    );
+    pub const HTTP_IN_FLIGHT: Family = (
+        "ticketd_http_requests_in_flight",
+        "gauge",
+        "HTTP requests being handled now.",
+    );
+    pub const CONNECTIONS_OPEN: Family = (
+        "ticketd_connections_open",
+        "gauge",
+        "Client connections open now.",
+    );
+    pub const CONNECTIONS: Family = (
+        "ticketd_connections_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    pub const FALLBACK_ACTIVATIONS: Family = (
+        "ticketd_fallback_activations_total",
+        "counter",
+        "Times the instance switched from Redis to its in-memory fallback.",
+    );
+    pub const FALLBACK_MODE: Family = (
+        "ticketd_fallback_mode",
+        "gauge",
+        "1 while purchases are served by the in-memory fallback, else 0.",
+    );
+    pub const REDIS_ERRORS: Family = (
+        "ticketd_redis_errors_total",
+        "counter",
+        "Failed Redis calls, by kind (timeout, io, script, protocol, other).",
+    );
+    pub const SCRIPT_RELOADS: Family = (
+        "ticketd_script_reloads_total",
+        "counter",
+        "Times a Lua script was loaded again after NOSCRIPT (Redis restarted or SCRIPT FLUSH).",
+    );
+    pub const CANCELLED: Family = (
+        "ticketd_purchases_cancelled_total",
+        "counter",
+        "Purchases whose outcome was unknown (timeout, lost connection), made void in Redis afterwards.",
+    );
+    pub const BUILD_INFO: Family = (
+        "ticketd_build_info",
+        "gauge",
+        "Always 1; the labels tell the version.",
+    );
+    pub const START_TIME: Family = (
+        "ticketd_process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+    );
+}
+
+/// How a purchase ended, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A ticket was sold.
+    Sold = 0,
+    /// No ticket left.
+    SoldOut = 1,
+    /// The store could not decide (answered 503).
+    Unavailable = 2,
+    /// Anything unexpected (a malformed reply and the like).
+    Error = 3,
+}
+
+impl Outcome {
+    /// Every outcome, in index order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Sold,
+        Outcome::SoldOut,
+        Outcome::Unavailable,
+        Outcome::Error,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Sold => "sold",
+            Outcome::SoldOut => "sold_out",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Which store decided a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorePath {
+    /// The Lua script in Redis.
+    Redis = 0,
+    /// This instance's reserve, while Redis is failing.
+    Fallback = 1,
+    /// The standalone in-memory store.
+    Memory = 2,
+}
+
+impl StorePath {
+    /// Every path, in index order.
+    pub const ALL: [StorePath; 3] = [StorePath::Redis, StorePath::Fallback, StorePath::Memory];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            StorePath::Redis => "redis",
+            StorePath::Fallback => "fallback",
+            StorePath::Memory => "memory",
+        }
+    }
+}
+
+/// Kinds of Redis failure, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorKind {
+    /// No answer within the Redis timeout.
+    Timeout = 0,
+    /// Connection refused, reset or closed.
+    Io = 1,
+    /// The script failed in Redis.
+    Script = 2,
+    /// A reply of the wrong shape.
+    Protocol = 3,
+    /// Anything else.
+    Other = 4,
+}
+
+impl RedisErrorKind {
+    /// Every kind, in index order.
+    pub const ALL: [RedisErrorKind; 5] = [
+        RedisErrorKind::Timeout,
+        RedisErrorKind::Io,
+        RedisErrorKind::Script,
+        RedisErrorKind::Protocol,
+        RedisErrorKind::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RedisErrorKind::Timeout => "timeout",
+            RedisErrorKind::Io => "io",
+            RedisErrorKind::Script => "script",
+            RedisErrorKind::Protocol => "protocol",
+            RedisErrorKind::Other => "other",
+        }
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds (100 µs to 1 s).
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A histogram with atomic buckets. Each observation is three relaxed adds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds_ns: [u64; LATENCY_BUCKETS.len()],
+    /// Non-cumulative counts; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            bounds_ns: LATENCY_BUCKETS.map(|s| (s * 1e9).round() as u64),
+            buckets: Default::default(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = self
+            .bounds_ns
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(self.bounds_ns.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Cumulative bucket counts (the last one is `+Inf`, the total count) and the sum in seconds.
+    pub fn snapshot(&self) -> ([u64; LATENCY_BUCKETS.len() + 1], f64) {
+        let mut out = [0; LATENCY_BUCKETS.len() + 1];
+        let mut acc = 0;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            acc += b.load(Relaxed);
+            *o = acc;
+        }
+        (out, self.sum_ns.load(Relaxed) as f64 / 1e9)
+    }
+}
+
+/// The counters of one event, on cache lines of their own.
+#[derive(Debug, Default)]
+pub struct EventMetrics {
+    counters: CachePadded<EventCounters>,
+}
+
+#[derive(Debug, Default)]
+struct EventCounters {
+    /// Purchases by [`Outcome`].
+    outcomes: [AtomicU64; 4],
+    /// Last remaining count a store reported.
+    remaining: AtomicU64,
+}
+
+impl EventMetrics {
+    /// Counters at zero, remaining at `remaining` until a store reports.
+    pub fn with_remaining(remaining: u64) -> Self {
+        let m = Self::default();
+        m.set_remaining(remaining);
+        m
+    }
+
+    /// Counts one purchase of this event.
+    pub fn record(&self, outcome: Outcome) {
+        self.counters.outcomes[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Purchases of this event that ended in `outcome`.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.counters.outcomes[outcome as usize].load(Relaxed)
+    }
+
+    /// Remembers the remaining count a store reported.
+    pub fn set_remaining(&self, remaining: u64) {
+        self.counters.remaining.store(remaining, Relaxed);
+    }
+
+    /// The last remaining count a store reported.
+    pub fn remaining(&self) -> u64 {
+        self.counters.remaining.load(Relaxed)
+    }
+}
+
+/// Routes counted in `ticketd_http_requests_total`, in index order.
+pub const ROUTES: [&str; 6] = [
+    "buy",
+    "healthz",
+    "readyz",
+    "metrics",
+    "method_not_allowed",
+    "not_found",
+];
+
+/// Status codes counted per route; any other lands in `other`.
+pub const STATUSES: [u16; 10] = [200, 400, 404, 405, 409, 413, 431, 500, 503, 0];
+
+/// Process-wide metrics. Per-event ones are in [`EventMetrics`].
+#[derive(Debug)]
+pub struct Metrics {
+    store_purchases: [[CachePadded<AtomicU64>; 4]; 3],
+    latency: [CachePadded<Histogram>; 3],
+    http: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    in_flight: CachePadded<AtomicU64>,
+    connections_open: CachePadded<AtomicU64>,
+    connections: AtomicU64,
+    fallback_activations: AtomicU64,
+    fallback_mode: AtomicU64,
+    redis_errors: [AtomicU64; 5],
+    script_reloads: AtomicU64,
+    cancelled: AtomicU64,
+    start_time: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every counter at zero and the start time set to now.
+    pub fn new() -> Self {
+        Self {
+            store_purchases: Default::default(),
+            latency: Default::default(),
+            http: Default::default(),
+            in_flight: Default::default(),
+            connections_open: Default::default(),
+            connections: AtomicU64::new(0),
+            fallback_activations: AtomicU64::new(0),
+            fallback_mode: AtomicU64::new(0),
+            redis_errors: Default::default(),
+            script_reloads: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            start_time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+
+    /// Counts a purchase answer of `path` and records how long the store took.
+    pub fn record_purchase(&self, path: StorePath, outcome: Outcome, took: Duration) {
+        self.store_purchases[path as usize][outcome as usize].fetch_add(1, Relaxed);
+        self.latency[path as usize].observe(took);
+    }
+
+    /// Purchase answers of `path` that ended in `outcome`.
+    pub fn store_purchases(&self, path: StorePath, outcome: Outcome) -> u64 {
+        self.store_purchases[path as usize][outcome as usize].load(Relaxed)
+    }
+
+    /// The latency histogram of `path`.
+    pub fn latency(&self, path: StorePath) -> &Histogram {
+        &self.latency[path as usize]
+    }
+
+    /// Counts an answered request of route `route` (an index into [`ROUTES`]).
+    pub fn record_http(&self, route: &str, status: u16) {
+        let r = ROUTES.iter().position(|&x| x == route).unwrap_or(ROUTES.len() - 1);
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.http[r][s].fetch_add(1, Relaxed);
+    }
+
+    /// Requests answered on route index `r` with status index `s`.
+    pub fn http(&self, r: usize, s: usize) -> u64 {
+        self.http[r][s].load(Relaxed)
+    }
+
+    /// Marks a request started; the guard marks it finished when dropped.
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Marks a connection opened; call [`Metrics::connection_closed`] when it closes.
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+
+    /// Marks a connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// Connections open now and accepted in all.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.connections_open.load(Relaxed),
+            self.connections.load(Relaxed),
+        )
+    }
+
+    /// Counts a switch into fallback mode and sets the mode gauge.
+    pub fn fallback_entered(&self) {
+        self.fallback_activations.fetch_add(1, Relaxed);
+        self.fallback_mode.store(1, Relaxed);
+    }
+
+    /// Clears the mode gauge.
+    pub fn fallback_left(&self) {
+        self.fallback_mode.store(0, Relaxed);
+    }
+
+    /// Fallback activations and whether the fallback is active now.
+    pub fn fallback(&self) -> (u64, bool) {
+        (
+            self.fallback_activations.load(Relaxed),
+            self.fallback_mode.load(Relaxed) == 1,
+        )
+    }
+
+    /// Counts a failed Redis call.
+    pub fn redis_error(&self, kind: RedisErrorKind) {
+        self.redis_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Failed Redis calls of `kind`.
+    pub fn redis_errors(&self, kind: RedisErrorKind) -> u64 {
+        self.redis_errors[kind as usize].load(Relaxed)
+    }
+
+    /// Counts a script reload after NOSCRIPT.
+    pub fn script_reloaded(&self) {
+        self.script_reloads.fetch_add(1, Relaxed);
+    }
+
+    /// Script reloads so far.
+    pub fn script_reloads(&self) -> u64 {
+        self.script_reloads.load(Relaxed)
+    }
+
+    /// Counts a purchase made void after its outcome was unknown.
+    pub fn purchase_cancelled(&self) {
+        self.cancelled.fetch_add(1, Relaxed);
+    }
+
+    /// Purchases made void so far.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Relaxed)
+    }
+
+    /// Start time of the process, seconds since the Unix epoch.
+    pub fn start_time(&self) -> f64 {
+        self.start_time
+    }
+}
+
+/// Decrements the in-flight gauge when dropped, so a cancelled request is counted out too.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(2));
+        let (b, sum) = h.snapshot();
+        assert_eq!(b[0], 2, "<= 100 µs");
+        assert_eq!(b[4], 2, "<= 2.5 ms");
+        assert_eq!(b[5], 3, "<= 5 ms");
+        assert_eq!(b[12], 3, "<= 1 s");
+        assert_eq!(b[13], 4, "+Inf");
+        assert!((sum - 2.00315).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn in_flight_guard_counts_out_on_drop() {
+        let m = Metrics::new();
+        {
+            let _a = m.request_started();
+            let _b = m.request_started();
+            assert_eq!(m.in_flight(), 2);
+        }
+        assert_eq!(m.in_flight(), 0);
+    }
+
+    #[test]
+    fn unknown_route_and_status_land_in_the_last_slot() {
+        let m = Metrics::new();
+        m.record_http("nope", 418);
+        assert_eq!(m.http(ROUTES.len() - 1, STATUSES.len() - 1), 1);
+    }
+}

@@ -1,0 +1,360 @@
+//! Renders the registry: Prometheus text format 0.0.4, or JSON with the same data.
+//!
+//! Numbers go straight into one caller-provided buffer with `itoa`/`ryu`; no string is built per
+//! sample.
+
+use std::sync::Arc;
+
+use crate::event::Event;
+use crate::metrics::names::{self, Family};
+use crate::metrics::{
+    Metrics, Outcome, RedisErrorKind, StorePath, LATENCY_BUCKETS, ROUTES, STATUSES,
+};
+
+/// `content-type` of the text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a scrape shows besides the registry.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    /// Every event, in catalogue order.
+    pub events: &'a [Arc<Event>],
+    /// Unsold tickets of each event, same order.
+    pub remaining: &'a [u64],
+    /// The running store's name.
+    pub store: &'a str,
+}
+
+fn header(out: &mut Vec<u8>, (name, kind, help): Family) {
+    out.extend_from_slice(b"# HELP ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(help.as_bytes());
+    out.extend_from_slice(b"\n# TYPE ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b'\n');
+}
+
+/// Writes a label value with `\`, `"` and newline escaped as the text format requires.
+pub fn write_label_value(out: &mut Vec<u8>, value: &str) {
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// One sample: `name{k="v",...} value`.
+fn sample(out: &mut Vec<u8>, name: &str, labels: &[(&str, &str)], value: u64) {
+    sample_start(out, name, labels);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    out.push(b'\n');
+}
+
+fn sample_f64(out: &mut Vec<u8>, name: &str, labels: &[(&str, &str)], value: f64) {
+    sample_start(out, name, labels);
+    write_f64(out, value);
+    out.push(b'\n');
+}
+
+fn sample_start(out: &mut Vec<u8>, name: &str, labels: &[(&str, &str)]) {
+    out.extend_from_slice(name.as_bytes());
+    if !labels.is_empty() {
+        out.push(b'{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"=\"");
+            write_label_value(out, v);
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    out.push(b' ');
+}
+
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+    } else if v.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if v > 0.0 {
+        out.extend_from_slice(b"+Inf");
+    } else {
+        out.extend_from_slice(b"-Inf");
+    }
+}
+
+/// Appends the whole registry in Prometheus text format 0.0.4 to `out`.
+pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
+    header(out, names::PURCHASES);
+    for e in s.events {
+        for o in Outcome::ALL {
+            sample(out, names::PURCHASES.0, &[("event", &e.id), ("outcome", o.label())], e.metrics.count(o));
+        }
+    }
+    header(out, names::TICKETS_SOLD);
+    for e in s.events {
+        sample(out, names::TICKETS_SOLD.0, &[("event", &e.id)], e.metrics.count(Outcome::Sold));
+    }
+    header(out, names::TICKETS_REMAINING);
+    for (e, r) in s.events.iter().zip(s.remaining) {
+        sample(out, names::TICKETS_REMAINING.0, &[("event", &e.id)], *r);
+    }
+    header(out, names::CAPACITY);
+    for e in s.events {
+        sample(out, names::CAPACITY.0, &[("event", &e.id)], e.capacity);
+    }
+    header(out, names::STORE_PURCHASES);
+    for p in StorePath::ALL {
+        for o in Outcome::ALL {
+            sample(out, names::STORE_PURCHASES.0, &[("path", p.label()), ("outcome", o.label())], m.store_purchases(p, o));
+        }
+    }
+    header(out, names::LATENCY);
+    let le_names: Vec<String> = LATENCY_BUCKETS.iter().map(|b| b.to_string()).collect();
+    let bucket = format!("{}_bucket", names::LATENCY.0);
+    for p in StorePath::ALL {
+        let (counts, sum) = m.latency(p).snapshot();
+        for (i, c) in counts.iter().enumerate() {
+            let le = le_names.get(i).map_or("+Inf", String::as_str);
+            sample(out, &bucket, &[("path", p.label()), ("le", le)], *c);
+        }
+        sample_f64(out, &format!("{}_sum", names::LATENCY.0), &[("path", p.label())], sum);
+        sample(out, &format!("{}_count", names::LATENCY.0), &[("path", p.label())], counts[counts.len() - 1]);
+    }
+    header(out, names::HTTP_REQUESTS);
+    let mut code = itoa::Buffer::new();
+    for (r, route) in ROUTES.iter().enumerate() {
+        for (si, status) in STATUSES.iter().enumerate() {
+            let n = m.http(r, si);
+            if n == 0 {
+                continue;
+            }
+            let status = if *status == 0 { "other" } else { code.format(*status) };
+            sample(out, names::HTTP_REQUESTS.0, &[("route", route), ("code", status)], n);
+        }
+    }
+    header(out, names::HTTP_IN_FLIGHT);
+    sample(out, names::HTTP_IN_FLIGHT.0, &[], m.in_flight());
+    let (open, total) = m.connections();
+    header(out, names::CONNECTIONS_OPEN);
+    sample(out, names::CONNECTIONS_OPEN.0, &[], open);
+    header(out, names::CONNECTIONS);
+    sample(out, names::CONNECTIONS.0, &[], total);
+    let (activations, active) = m.fallback();
+    header(out, names::FALLBACK_ACTIVATIONS);
+    sample(out, names::FALLBACK_ACTIVATIONS.0, &[], activations);
+    header(out, names::FALLBACK_MODE);
+    sample(out, names::FALLBACK_MODE.0, &[], u64::from(active));
+    header(out, names::REDIS_ERRORS);
+    for k in RedisErrorKind::ALL {
+        sample(out, names::REDIS_ERRORS.0, &[("kind", k.label())], m.redis_errors(k));
+    }
+    header(out, names::SCRIPT_RELOADS);
+    sample(out, names::SCRIPT_RELOADS.0, &[], m.script_reloads());
+    header(out, names::CANCELLED);
+    sample(out, names::CANCELLED.0, &[], m.cancelled());
+    header(out, names::BUILD_INFO);
+    sample(out, names::BUILD_INFO.0, &[("version", env!("CARGO_PKG_VERSION")), ("store", s.store)], 1);
+    header(out, names::START_TIME);
+    sample_f64(out, names::START_TIME.0, &[], m.start_time());
+}
+
+/// Appends the same data as one JSON object to `out`.
+pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
+    let mut n = itoa::Buffer::new();
+    let mut num = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(n.format(v).as_bytes());
+    out.extend_from_slice(br#"{"version":""#);
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(br#"","store":""#);
+    out.extend_from_slice(s.store.as_bytes());
+    out.extend_from_slice(br#"","events":{"#);
+    let mut totals = [0u64; 4];
+    for (i, (e, r)) in s.events.iter().zip(s.remaining).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(e.id.as_bytes());
+        out.extend_from_slice(br#"":{"capacity":"#);
+        num(out, e.capacity);
+        out.extend_from_slice(br#","remaining":"#);
+        num(out, *r);
+        for o in Outcome::ALL {
+            let c = e.metrics.count(o);
+            totals[o as usize] += c;
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(o.label().as_bytes());
+            out.extend_from_slice(b"\":");
+            num(out, c);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(br#"},"totals":{"remaining":"#);
+    num(out, s.remaining.iter().sum());
+    for o in Outcome::ALL {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(o.label().as_bytes());
+        out.extend_from_slice(b"\":");
+        num(out, totals[o as usize]);
+    }
+    out.extend_from_slice(br#"},"paths":{"#);
+    for (i, p) in StorePath::ALL.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(p.label().as_bytes());
+        out.extend_from_slice(b"\":{");
+        for o in Outcome::ALL {
+            out.push(b'"');
+            out.extend_from_slice(o.label().as_bytes());
+            out.extend_from_slice(b"\":");
+            num(out, m.store_purchases(*p, o));
+            out.push(b',');
+        }
+        let (counts, sum) = m.latency(*p).snapshot();
+        out.extend_from_slice(br#""latency_seconds":{"count":"#);
+        num(out, counts[counts.len() - 1]);
+        out.extend_from_slice(br#","sum":"#);
+        write_f64(out, sum);
+        out.extend_from_slice(br#","buckets":{"#);
+        for (b, c) in counts.iter().enumerate() {
+            if b > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            match LATENCY_BUCKETS.get(b) {
+                Some(le) => write_f64(out, *le),
+                None => out.extend_from_slice(b"+Inf"),
+            }
+            out.extend_from_slice(b"\":");
+            num(out, *c);
+        }
+        out.extend_from_slice(b"}}}");
+    }
+    let (activations, active) = m.fallback();
+    out.extend_from_slice(br#"},"fallback":{"active":"#);
+    out.extend_from_slice(if active { b"true" } else { b"false" });
+    out.extend_from_slice(br#","activations":"#);
+    num(out, activations);
+    out.extend_from_slice(br#"},"redis":{"script_reloads":"#);
+    num(out, m.script_reloads());
+    out.extend_from_slice(br#","cancelled_purchases":"#);
+    num(out, m.cancelled());
+    out.extend_from_slice(br#","errors":{"#);
+    for (i, k) in RedisErrorKind::ALL.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(k.label().as_bytes());
+        out.extend_from_slice(b"\":");
+        num(out, m.redis_errors(*k));
+    }
+    let (open, total) = m.connections();
+    out.extend_from_slice(br#"}},"http":{"in_flight":"#);
+    num(out, m.in_flight());
+    out.extend_from_slice(br#","connections_open":"#);
+    num(out, open);
+    out.extend_from_slice(br#","connections_total":"#);
+    num(out, total);
+    out.extend_from_slice(br#"},"process_start_time_seconds":"#);
+    write_f64(out, m.start_time());
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use std::time::Duration;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Vec::new();
+        write_label_value(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, br#"a\"b\\c\nd"#);
+        let mut out = Vec::new();
+        sample(&mut out, "x_total", &[("k", "v\"1")], 3);
+        assert_eq!(out, b"x_total{k=\"v\\\"1\"} 3\n");
+    }
+
+    fn small() -> (Metrics, Catalog) {
+        let m = Metrics::new();
+        let c = Catalog::new([("1", 10)]);
+        let e = c.get("1").unwrap();
+        e.metrics.record(Outcome::Sold);
+        e.metrics.record(Outcome::Sold);
+        e.metrics.record(Outcome::SoldOut);
+        m.record_purchase(StorePath::Redis, Outcome::Sold, Duration::from_micros(300));
+        m.record_http("buy", 200);
+        (m, c)
+    }
+
+    #[test]
+    fn exact_text_of_a_small_registry() {
+        let (m, c) = small();
+        let events = c.events();
+        let mut out = Vec::new();
+        render_text(&mut out, &m, &Snapshot { events: &events, remaining: &[8], store: "redis" });
+        let text = String::from_utf8(out).unwrap();
+        let expect_lines = [
+            "# HELP ticketd_purchases_total Purchase attempts by event and outcome (sold, sold_out, unavailable, error).",
+            "# TYPE ticketd_purchases_total counter",
+            "ticketd_purchases_total{event=\"1\",outcome=\"sold\"} 2",
+            "ticketd_purchases_total{event=\"1\",outcome=\"sold_out\"} 1",
+            "ticketd_purchases_total{event=\"1\",outcome=\"unavailable\"} 0",
+            "ticketd_purchases_total{event=\"1\",outcome=\"error\"} 0",
+            "# HELP ticketd_tickets_sold_total Tickets this instance sold, by event.",
+            "# TYPE ticketd_tickets_sold_total counter",
+            "ticketd_tickets_sold_total{event=\"1\"} 2",
+            "# HELP ticketd_tickets_remaining Unsold tickets per event, read from the store at scrape time (last known value if it does not answer).",
+            "# TYPE ticketd_tickets_remaining gauge",
+            "ticketd_tickets_remaining{event=\"1\"} 8",
+            "# HELP ticketd_event_capacity Tickets per event in all.",
+            "# TYPE ticketd_event_capacity gauge",
+            "ticketd_event_capacity{event=\"1\"} 10",
+        ];
+        let head: Vec<&str> = text.lines().take(expect_lines.len()).collect();
+        assert_eq!(head, expect_lines);
+        for line in [
+            "ticketd_store_purchases_total{path=\"redis\",outcome=\"sold\"} 1",
+            "ticketd_purchase_duration_seconds_bucket{path=\"redis\",le=\"0.00025\"} 0",
+            "ticketd_purchase_duration_seconds_bucket{path=\"redis\",le=\"0.0005\"} 1",
+            "ticketd_purchase_duration_seconds_bucket{path=\"redis\",le=\"+Inf\"} 1",
+            "ticketd_purchase_duration_seconds_sum{path=\"redis\"} 0.0003",
+            "ticketd_purchase_duration_seconds_count{path=\"redis\"} 1",
+            "ticketd_http_requests_total{route=\"buy\",code=\"200\"} 1",
+            "ticketd_fallback_mode 0",
+            "ticketd_redis_errors_total{kind=\"timeout\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn json_carries_the_same_numbers() {
+        let (m, c) = small();
+        let events = c.events();
+        let mut out = Vec::new();
+        render_json(&mut out, &m, &Snapshot { events: &events, remaining: &[8], store: "redis" });
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["events"]["1"]["sold"], 2);
+        assert_eq!(v["events"]["1"]["sold_out"], 1);
+        assert_eq!(v["events"]["1"]["remaining"], 8);
+        assert_eq!(v["totals"]["sold"], 2);
+        assert_eq!(v["paths"]["redis"]["sold"], 1);
+        assert_eq!(v["paths"]["redis"]["latency_seconds"]["count"], 1);
+        assert_eq!(v["fallback"]["active"], false);
+    }
+}

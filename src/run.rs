@@ -1,0 +1,165 @@
+//! Start-up: picks the store (`--store`), seeds the events that must exist, keeps the catalogue
+//! fresh, and serves until the shutdown future completes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Pool;
+use fred::interfaces::ClientLike;
+use tokio::net::TcpListener;
+
+use crate::app::{App, Limits};
+use crate::catalog::Catalog;
+use crate::config::{ServeArgs, StoreKind};
+use crate::metrics::Metrics;
+use crate::seed::{load_catalog, seed_event};
+use crate::server::{serve, ServeOptions};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{build_pool, RedisOptions, RedisStore};
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The Redis URL or client settings were refused.
+    #[error("--redis-url: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The listener failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the service on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// See [`RunError`].
+pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let catalog = Arc::new(Catalog::new(args.events.iter()));
+    let limits = Limits {
+        max_body: args.max_body,
+        scrape_timeout: args.redis_timeout.max(Duration::from_millis(100)) * 2,
+    };
+    let options = ServeOptions {
+        header_read_timeout: args.header_timeout,
+        drain_timeout: args.shutdown_timeout,
+        ..ServeOptions::default()
+    };
+    let addr = listener.local_addr()?;
+
+    if args.store == StoreKind::Memory {
+        return serve_memory(args, listener, catalog, metrics, limits, options, shutdown, "--store memory").await;
+    }
+
+    let redis = RedisOptions {
+        url: args.common.redis_url.clone(),
+        pool_size: usize::from(args.redis_pool_size),
+        timeout: args.redis_timeout,
+    };
+    let pool = build_pool(&redis)?;
+    pool.connect_pool();
+    let connected = matches!(
+        tokio::time::timeout(args.connect_timeout, pool.wait_for_connect()).await,
+        Ok(Ok(()))
+    );
+    if !connected && args.store == StoreKind::Auto {
+        let _ = pool.quit().await;
+        let why = format!("Redis at {} did not answer within {:?}", redis.url, args.connect_timeout);
+        return serve_memory(args, listener, catalog, metrics, limits, options, shutdown, &why).await;
+    }
+    if connected {
+        prepare(&pool, &args, &catalog).await;
+    } else {
+        tracing::warn!(url = %redis.url, "cannot reach Redis; purchases answer 503 until it answers (retrying in the background)");
+    }
+    tokio::spawn(refresh_catalog(pool.clone(), catalog.clone(), args.clone(), !connected));
+    let store = RedisStore::new(pool.clone(), args.redis_timeout, metrics.clone());
+    tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), "ticketd is listening");
+    serve(listener, App::new(store, catalog, metrics, limits), options, shutdown).await?;
+    let _ = pool.quit().await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_memory(
+    args: ServeArgs,
+    listener: TcpListener,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+    why: &str,
+) -> Result<(), RunError> {
+    let addr = listener.local_addr()?;
+    tracing::warn!(
+        reason = why,
+        "IN-MEMORY MODE: tickets live in this process only; nothing is persisted, a restart sells every ticket again, and other instances cannot see these sales"
+    );
+    if catalog.is_empty() {
+        tracing::warn!("no events configured; pass --events ID=COUNT[,...] (for example --events 1=10000)");
+    }
+    drop(args);
+    let store = MemoryStore::new(&catalog);
+    tracing::info!(%addr, store = "memory", events = catalog.len(), "ticketd is listening");
+    serve(listener, App::new(store, catalog, metrics, limits), options, shutdown).await?;
+    Ok(())
+}
+
+/// Seeds the events of `--events` that Redis lacks and loads the catalogue. Failures are
+/// logged; the refresh task tries again.
+async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
+    for (id, capacity) in args.events.iter() {
+        match seed_event(pool, id, capacity, false).await {
+            Ok(seeded) => {
+                tracing::info!(event = id, "{seeded}");
+                catalog.upsert(id, seeded.capacity());
+            }
+            Err(e) => {
+                tracing::warn!(event = id, error = %e, "cannot seed event; will retry");
+                return false;
+            }
+        }
+    }
+    match load_catalog(pool).await {
+        Ok(events) => {
+            for (id, capacity) in events {
+                if catalog.upsert(&id, capacity).1 {
+                    tracing::info!(event = %id, capacity, "event in catalogue");
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the event catalogue; will retry");
+            false
+        }
+    }
+}
+
+/// Keeps the catalogue in step with Redis: events seeded while running become sellable within
+/// one interval. `pending` says start-up preparation still has to happen.
+async fn refresh_catalog(pool: Pool, catalog: Arc<Catalog>, args: ServeArgs, mut pending: bool) {
+    let mut tick = tokio::time::interval(args.catalog_refresh.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pending {
+            if !pool.is_connected() {
+                continue;
+            }
+            if prepare(&pool, &args, &catalog).await {
+                tracing::info!(events = catalog.len(), "Redis is reachable; events seeded and catalogue loaded");
+                pending = false;
+            }
+            continue;
+        }
+        if let Ok(events) = load_catalog(&pool).await {
+            for (id, capacity) in events {
+                if catalog.upsert(&id, capacity).1 {
+                    tracing::info!(event = %id, capacity, "event added to the catalogue");
+                }
+            }
+        }
+    }
+}

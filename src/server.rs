@@ -1,0 +1,117 @@
+//! Serving: the accept loop, one hyper HTTP/1.1 connection task per client, and graceful
+//! shutdown (stop accepting, let in-flight requests finish within a bound).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::throttle::Throttle;
+
+/// Connection-level settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// A client must send a request's headers within this time (slow-loris bound).
+    pub header_read_timeout: Duration,
+    /// Largest buffered request head; larger headers get `431`.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+///
+/// # Errors
+/// None in practice: accept errors (out of file descriptors and the like) are logged and
+/// retried; the signature leaves room for fatal listener errors.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    app: App<S>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let accept_errors = Throttle::new(Duration::from_secs(5));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some(held_back) = accept_errors.allow() {
+                        tracing::warn!(error = %e, held_back, "accept failed; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = ConnectionGuard::new(app.metrics().clone());
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(options.drain_timeout) => {
+            tracing::warn!(timeout = ?options.drain_timeout, "drain bound reached; closing the remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// Counts a connection open for as long as it lives.
+struct ConnectionGuard(Arc<Metrics>);
+
+impl ConnectionGuard {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        Self(metrics)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}

@@ -1,0 +1,76 @@
+//! The Lua scripts, embedded in the binary and identified by their SHA-1, with the NOSCRIPT
+//! recovery that makes a Redis restart or `SCRIPT FLUSH` invisible to buyers.
+
+use fred::clients::Client;
+use fred::error::Error;
+use fred::interfaces::LuaInterface;
+use fred::types::scripts::Script;
+use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
+
+/// `lua/purchase.lua`: pops one ticket and records the sale, idempotent per purchase id.
+pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
+/// `lua/cancel.lua`: makes a purchase of unknown outcome void and returns its ticket.
+pub const CANCEL: &str = include_str!("../../lua/cancel.lua");
+/// `lua/install.lua`: installs a seeded pool unless the event exists.
+pub const INSTALL: &str = include_str!("../../lua/install.lua");
+
+/// A script and its SHA-1, computed once.
+#[derive(Debug, Clone)]
+pub struct LuaScript {
+    script: Script,
+}
+
+impl LuaScript {
+    /// Wraps the source `lua`.
+    pub fn new(lua: &'static str) -> Self {
+        Self {
+            script: Script::from_lua(lua),
+        }
+    }
+
+    /// The SHA-1 that EVALSHA names.
+    pub fn sha1(&self) -> &str {
+        self.script.sha1()
+    }
+
+    /// Loads the script into the server behind `client`.
+    ///
+    /// # Errors
+    /// The client's error.
+    pub async fn load(&self, client: &Client) -> Result<(), Error> {
+        let lua = self.script.lua().expect("built from source").clone();
+        client.script_load::<String, _>(lua).await.map(drop)
+    }
+
+    /// Runs the script with EVALSHA. On NOSCRIPT (the server restarted or its script cache was
+    /// flushed) loads it and runs it again, once; `on_reload` is told.
+    ///
+    /// # Errors
+    /// The client's error, or the script's.
+    pub async fn run<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: impl Into<MultipleKeys> + Send,
+        args: Vec<Value>,
+        on_reload: impl FnOnce(),
+    ) -> Result<R, Error> {
+        let keys: MultipleKeys = keys.into();
+        let args: MultipleValues = args.into_iter().collect();
+        match client
+            .evalsha(self.script.sha1().clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if is_noscript(&e) => {
+                on_reload();
+                self.load(client).await?;
+                client.evalsha(self.script.sha1().clone(), keys, args).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether `e` is Redis saying it does not know the script.
+pub fn is_noscript(e: &Error) -> bool {
+    e.details().starts_with("NOSCRIPT")
+}
