@@ -127,7 +127,10 @@ impl<S: Store> App<S> {
             }
             Ok(Sale::SoldOut) => {
                 event.metrics.set_remaining(0);
-                (Outcome::SoldOut, ApiError::SoldOut(event.id.clone()).into_response())
+                (
+                    Outcome::SoldOut,
+                    ApiError::SoldOut(event.id.clone()).into_response(),
+                )
             }
             // The store logged the cause (rate-limited); the buyer may retry.
             Err(_) => (Outcome::Unavailable, ApiError::Unavailable.into_response()),
@@ -142,7 +145,8 @@ impl<S: Store> App<S> {
             json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
         } else {
             let mut r = ApiError::Unavailable.into_response();
-            *r.body_mut() = Bytes::from_static(br#"{"error":"unavailable","status":"not_ready"}"#).into();
+            *r.body_mut() =
+                Bytes::from_static(br#"{"error":"unavailable","status":"not_ready"}"#).into();
             r
         }
     }
@@ -174,7 +178,10 @@ impl<S: Store> App<S> {
             remaining: &remaining,
             store: self.inner.store.name(),
         };
-        let wants_json = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+        let wants_json = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "format=json"))
             || req
                 .headers()
                 .get(ACCEPT)

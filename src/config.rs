@@ -201,11 +201,19 @@ pub fn parse_or_exit() -> Cli {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 e.exit();
             }
             let rendered = e.render().to_string();
-            let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid configuration");
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid configuration");
             eprintln!("ticketd: {}", line.trim_start_matches("error: "));
             std::process::exit(i32::from(EXIT_CONFIG));
         }
@@ -221,10 +229,17 @@ mod tests {
         let e: EventSpecs = "1=10000, 2=5000,gala_2027=3".parse().unwrap();
         assert_eq!(
             e.0,
-            vec![("1".into(), 10000), ("2".into(), 5000), ("gala_2027".into(), 3)]
+            vec![
+                ("1".into(), 10000),
+                ("2".into(), 5000),
+                ("gala_2027".into(), 3)
+            ]
         );
         assert_eq!("".parse::<EventSpecs>().unwrap(), EventSpecs::default());
-        assert_eq!("1=0".parse::<EventSpecs>().unwrap().0, vec![("1".into(), 0)]);
+        assert_eq!(
+            "1=0".parse::<EventSpecs>().unwrap().0,
+            vec![("1".into(), 0)]
+        );
     }
 
     #[test]
@@ -242,7 +257,10 @@ mod tests {
             assert!(err.contains(needle), "{input}: {err}");
         }
         let long = format!("{}=1", "a".repeat(65));
-        assert!(long.parse::<EventSpecs>().unwrap_err().contains("longer than 64"));
+        assert!(long
+            .parse::<EventSpecs>()
+            .unwrap_err()
+            .contains("longer than 64"));
     }
 
     #[test]
@@ -273,6 +291,9 @@ mod tests {
         assert!(Cli::try_parse_from(["ticketd", "--events", "1=x"]).is_err());
         assert!(Cli::try_parse_from(["ticketd", "--redis-url", "http://x"]).is_err());
         assert!(Cli::try_parse_from(["ticketd", "--redis-pool-size", "0"]).is_err());
-        assert!(Cli::try_parse_from(["ticketd", "seed"]).is_err(), "seed needs --events");
+        assert!(
+            Cli::try_parse_from(["ticketd", "seed"]).is_err(),
+            "seed needs --events"
+        );
     }
 }

@@ -111,7 +111,10 @@ mod tests {
     fn bodies_and_statuses() {
         assert_eq!(
             body(ApiError::SoldOut("1".into())),
-            (StatusCode::CONFLICT, r#"{"error":"sold_out","event":"1"}"#.into())
+            (
+                StatusCode::CONFLICT,
+                r#"{"error":"sold_out","event":"1"}"#.into()
+            )
         );
         assert_eq!(
             body(ApiError::UnknownEvent),
@@ -119,13 +122,19 @@ mod tests {
         );
         assert_eq!(
             body(ApiError::BadEventId),
-            (StatusCode::BAD_REQUEST, r#"{"error":"bad_event_id"}"#.into())
+            (
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"bad_event_id"}"#.into()
+            )
         );
         assert_eq!(
             body(ApiError::NotFound),
             (StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into())
         );
-        assert_eq!(body(ApiError::Unavailable).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body(ApiError::Unavailable).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]

@@ -135,7 +135,9 @@ impl Event {
 
     /// The ticket number inside a ticket id of this event, or `None` if the id is not one of ours.
     pub fn parse_ticket_id(&self, ticket: &[u8]) -> Option<u64> {
-        let rest = ticket.strip_prefix(self.id.as_bytes())?.strip_prefix(b"-")?;
+        let rest = ticket
+            .strip_prefix(self.id.as_bytes())?
+            .strip_prefix(b"-")?;
         if rest.is_empty() || rest.len() > 20 || !rest.iter().all(u8::is_ascii_digit) {
             return None;
         }
@@ -168,7 +170,10 @@ mod tests {
         assert_eq!(validate_event_id("1"), Ok(()));
         assert_eq!(validate_event_id("spring_gala-2027"), Ok(()));
         assert_eq!(validate_event_id(&"a".repeat(64)), Ok(()));
-        assert_eq!(validate_event_id(&"a".repeat(65)), Err(EventIdError::TooLong));
+        assert_eq!(
+            validate_event_id(&"a".repeat(65)),
+            Err(EventIdError::TooLong)
+        );
         assert_eq!(validate_event_id(""), Err(EventIdError::Empty));
         for bad in ["a{b", "a}b", "a b", "a/b", "é", "a%7B", "a:b"] {
             assert_eq!(validate_event_id(bad), Err(EventIdError::BadChar), "{bad}");

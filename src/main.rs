@@ -26,7 +26,16 @@ fn main() -> ExitCode {
 
 fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode {
     let _log = ticketd::telemetry::init(args.common.log_format);
-    let listener = match runtime.block_on(tokio::net::TcpListener::bind(args.listen)) {
+    // Each buyer holds a socket: lift the soft descriptor limit to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 16_384 => tracing::warn!(
+            limit = n,
+            "open-file limit is low for a flash sale; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let listener = match runtime.block_on(async { ticketd::server::bind(args.listen) }) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("ticketd: --listen {}: {e}", args.listen);

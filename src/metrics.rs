@@ -366,7 +366,10 @@ impl Metrics {
 
     /// Counts an answered request of route `route` (an index into [`ROUTES`]).
     pub fn record_http(&self, route: &str, status: u16) {
-        let r = ROUTES.iter().position(|&x| x == route).unwrap_or(ROUTES.len() - 1);
+        let r = ROUTES
+            .iter()
+            .position(|&x| x == route)
+            .unwrap_or(ROUTES.len() - 1);
         let s = STATUSES
             .iter()
             .position(|&x| x == status)

@@ -97,12 +97,22 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     header(out, names::PURCHASES);
     for e in s.events {
         for o in Outcome::ALL {
-            sample(out, names::PURCHASES.0, &[("event", &e.id), ("outcome", o.label())], e.metrics.count(o));
+            sample(
+                out,
+                names::PURCHASES.0,
+                &[("event", &e.id), ("outcome", o.label())],
+                e.metrics.count(o),
+            );
         }
     }
     header(out, names::TICKETS_SOLD);
     for e in s.events {
-        sample(out, names::TICKETS_SOLD.0, &[("event", &e.id)], e.metrics.count(Outcome::Sold));
+        sample(
+            out,
+            names::TICKETS_SOLD.0,
+            &[("event", &e.id)],
+            e.metrics.count(Outcome::Sold),
+        );
     }
     header(out, names::TICKETS_REMAINING);
     for (e, r) in s.events.iter().zip(s.remaining) {
@@ -115,7 +125,12 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     header(out, names::STORE_PURCHASES);
     for p in StorePath::ALL {
         for o in Outcome::ALL {
-            sample(out, names::STORE_PURCHASES.0, &[("path", p.label()), ("outcome", o.label())], m.store_purchases(p, o));
+            sample(
+                out,
+                names::STORE_PURCHASES.0,
+                &[("path", p.label()), ("outcome", o.label())],
+                m.store_purchases(p, o),
+            );
         }
     }
     header(out, names::LATENCY);
@@ -127,8 +142,18 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
             let le = le_names.get(i).map_or("+Inf", String::as_str);
             sample(out, &bucket, &[("path", p.label()), ("le", le)], *c);
         }
-        sample_f64(out, &format!("{}_sum", names::LATENCY.0), &[("path", p.label())], sum);
-        sample(out, &format!("{}_count", names::LATENCY.0), &[("path", p.label())], counts[counts.len() - 1]);
+        sample_f64(
+            out,
+            &format!("{}_sum", names::LATENCY.0),
+            &[("path", p.label())],
+            sum,
+        );
+        sample(
+            out,
+            &format!("{}_count", names::LATENCY.0),
+            &[("path", p.label())],
+            counts[counts.len() - 1],
+        );
     }
     header(out, names::HTTP_REQUESTS);
     let mut code = itoa::Buffer::new();
@@ -138,8 +163,17 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
             if n == 0 {
                 continue;
             }
-            let status = if *status == 0 { "other" } else { code.format(*status) };
-            sample(out, names::HTTP_REQUESTS.0, &[("route", route), ("code", status)], n);
+            let status = if *status == 0 {
+                "other"
+            } else {
+                code.format(*status)
+            };
+            sample(
+                out,
+                names::HTTP_REQUESTS.0,
+                &[("route", route), ("code", status)],
+                n,
+            );
         }
     }
     header(out, names::HTTP_IN_FLIGHT);
@@ -156,14 +190,24 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::FALLBACK_MODE.0, &[], u64::from(active));
     header(out, names::REDIS_ERRORS);
     for k in RedisErrorKind::ALL {
-        sample(out, names::REDIS_ERRORS.0, &[("kind", k.label())], m.redis_errors(k));
+        sample(
+            out,
+            names::REDIS_ERRORS.0,
+            &[("kind", k.label())],
+            m.redis_errors(k),
+        );
     }
     header(out, names::SCRIPT_RELOADS);
     sample(out, names::SCRIPT_RELOADS.0, &[], m.script_reloads());
     header(out, names::CANCELLED);
     sample(out, names::CANCELLED.0, &[], m.cancelled());
     header(out, names::BUILD_INFO);
-    sample(out, names::BUILD_INFO.0, &[("version", env!("CARGO_PKG_VERSION")), ("store", s.store)], 1);
+    sample(
+        out,
+        names::BUILD_INFO.0,
+        &[("version", env!("CARGO_PKG_VERSION")), ("store", s.store)],
+        1,
+    );
     header(out, names::START_TIME);
     sample_f64(out, names::START_TIME.0, &[], m.start_time());
 }
@@ -305,7 +349,15 @@ mod tests {
         let (m, c) = small();
         let events = c.events();
         let mut out = Vec::new();
-        render_text(&mut out, &m, &Snapshot { events: &events, remaining: &[8], store: "redis" });
+        render_text(
+            &mut out,
+            &m,
+            &Snapshot {
+                events: &events,
+                remaining: &[8],
+                store: "redis",
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         let expect_lines = [
             "# HELP ticketd_purchases_total Purchase attempts by event and outcome (sold, sold_out, unavailable, error).",
@@ -347,7 +399,15 @@ mod tests {
         let (m, c) = small();
         let events = c.events();
         let mut out = Vec::new();
-        render_json(&mut out, &m, &Snapshot { events: &events, remaining: &[8], store: "redis" });
+        render_json(
+            &mut out,
+            &m,
+            &Snapshot {
+                events: &events,
+                remaining: &[8],
+                store: "redis",
+            },
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["events"]["1"]["sold"], 2);
         assert_eq!(v["events"]["1"]["sold_out"], 1);

@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn buy_routes() {
         assert_eq!(post("/buy/1"), Route::Buy("1"));
-        assert_eq!(post("/buy/Spring_Gala-2027"), Route::Buy("Spring_Gala-2027"));
+        assert_eq!(
+            post("/buy/Spring_Gala-2027"),
+            Route::Buy("Spring_Gala-2027")
+        );
         let id64 = format!("/buy/{}", "a".repeat(64));
         assert_eq!(post(&id64), Route::Buy(&id64[5..]));
         assert_eq!(post(&format!("/buy/{}", "a".repeat(65))), Route::BadEventId);
@@ -105,21 +108,32 @@ mod tests {
 
     #[test]
     fn extra_segments_and_odd_paths() {
-        for path in ["/buy/1/", "/buy/1/x", "/buy//1", "/buy", "/", "", "/BUY/1", "/buyx/1", "//buy/1"] {
+        for path in [
+            "/buy/1/", "/buy/1/x", "/buy//1", "/buy", "/", "", "/BUY/1", "/buyx/1", "//buy/1",
+        ] {
             assert_eq!(post(path), Route::NotFound, "{path:?}");
         }
     }
 
     #[test]
     fn methods() {
-        for m in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD] {
+        for m in [
+            Method::GET,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::HEAD,
+        ] {
             assert_eq!(route(&m, "/buy/1"), Route::MethodNotAllowed("POST"), "{m}");
         }
         assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
         assert_eq!(route(&Method::HEAD, "/healthz"), Route::Healthz);
         assert_eq!(route(&Method::GET, "/readyz"), Route::Readyz);
         assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
-        assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed("GET, HEAD"));
+        assert_eq!(
+            route(&Method::POST, "/metrics"),
+            Route::MethodNotAllowed("GET, HEAD")
+        );
         assert_eq!(route(&Method::GET, "/healthz/"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
     }

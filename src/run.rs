@@ -33,7 +33,11 @@ pub enum RunError {
 ///
 /// # Errors
 /// See [`RunError`].
-pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let catalog = Arc::new(Catalog::new(args.events.iter()));
     let limits = Limits {
@@ -48,7 +52,17 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: impl Future<O
     let addr = listener.local_addr()?;
 
     if args.store == StoreKind::Memory {
-        return serve_memory(args, listener, catalog, metrics, limits, options, shutdown, "--store memory").await;
+        return serve_memory(
+            args,
+            listener,
+            catalog,
+            metrics,
+            limits,
+            options,
+            shutdown,
+            "--store memory",
+        )
+        .await;
     }
 
     let redis = RedisOptions {
@@ -64,18 +78,35 @@ pub async fn run(args: ServeArgs, listener: TcpListener, shutdown: impl Future<O
     );
     if !connected && args.store == StoreKind::Auto {
         let _ = pool.quit().await;
-        let why = format!("Redis at {} did not answer within {:?}", redis.url, args.connect_timeout);
-        return serve_memory(args, listener, catalog, metrics, limits, options, shutdown, &why).await;
+        let why = format!(
+            "Redis at {} did not answer within {:?}",
+            redis.url, args.connect_timeout
+        );
+        return serve_memory(
+            args, listener, catalog, metrics, limits, options, shutdown, &why,
+        )
+        .await;
     }
     if connected {
         prepare(&pool, &args, &catalog).await;
     } else {
         tracing::warn!(url = %redis.url, "cannot reach Redis; purchases answer 503 until it answers (retrying in the background)");
     }
-    tokio::spawn(refresh_catalog(pool.clone(), catalog.clone(), args.clone(), !connected));
+    tokio::spawn(refresh_catalog(
+        pool.clone(),
+        catalog.clone(),
+        args.clone(),
+        !connected,
+    ));
     let store = RedisStore::new(pool.clone(), args.redis_timeout, metrics.clone());
     tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), "ticketd is listening");
-    serve(listener, App::new(store, catalog, metrics, limits), options, shutdown).await?;
+    serve(
+        listener,
+        App::new(store, catalog, metrics, limits),
+        options,
+        shutdown,
+    )
+    .await?;
     let _ = pool.quit().await;
     Ok(())
 }
@@ -97,12 +128,20 @@ async fn serve_memory(
         "IN-MEMORY MODE: tickets live in this process only; nothing is persisted, a restart sells every ticket again, and other instances cannot see these sales"
     );
     if catalog.is_empty() {
-        tracing::warn!("no events configured; pass --events ID=COUNT[,...] (for example --events 1=10000)");
+        tracing::warn!(
+            "no events configured; pass --events ID=COUNT[,...] (for example --events 1=10000)"
+        );
     }
     drop(args);
     let store = MemoryStore::new(&catalog);
     tracing::info!(%addr, store = "memory", events = catalog.len(), "ticketd is listening");
-    serve(listener, App::new(store, catalog, metrics, limits), options, shutdown).await?;
+    serve(
+        listener,
+        App::new(store, catalog, metrics, limits),
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -149,7 +188,10 @@ async fn refresh_catalog(pool: Pool, catalog: Arc<Catalog>, args: ServeArgs, mut
                 continue;
             }
             if prepare(&pool, &args, &catalog).await {
-                tracing::info!(events = catalog.len(), "Redis is reachable; events seeded and catalogue loaded");
+                tracing::info!(
+                    events = catalog.len(),
+                    "Redis is reachable; events seeded and catalogue loaded"
+                );
                 pending = false;
             }
             continue;

@@ -60,22 +60,35 @@ impl fmt::Display for Seeded {
 ///
 /// # Errors
 /// A Redis error; nothing is installed then.
-pub async fn seed_event(pool: &Pool, id: &str, capacity: u64, reset: bool) -> Result<Seeded, Error> {
+pub async fn seed_event(
+    pool: &Pool,
+    id: &str,
+    capacity: u64,
+    reset: bool,
+) -> Result<Seeded, Error> {
     let event = Event::new(id, capacity, 0);
     let client = pool.next();
     if !reset {
-        if let Some(existing) = client.hget::<Option<u64>, _, _>(event.keys.meta.clone(), "capacity").await? {
+        if let Some(existing) = client
+            .hget::<Option<u64>, _, _>(event.keys.meta.clone(), "capacity")
+            .await?
+        {
             register(pool, id, existing).await?;
             return Ok(Seeded::Existing(existing));
         }
     }
-    let temp = Key::from(format!("event:{{{id}}}:seed:{:016x}", rand::random::<u64>()));
+    let temp = Key::from(format!(
+        "event:{{{id}}}:seed:{:016x}",
+        rand::random::<u64>()
+    ));
     if capacity > 0 {
         let pipeline = client.pipeline();
         let mut next = 1;
         while next <= capacity {
             let end = (next + BATCH - 1).min(capacity);
-            let ids: Vec<Value> = (next..=end).map(|n| Value::from(event.ticket_id(n))).collect();
+            let ids: Vec<Value> = (next..=end)
+                .map(|n| Value::from(event.ticket_id(n)))
+                .collect();
             let _: () = pipeline.rpush(temp.clone(), ids).await?;
             next = end + 1;
         }
@@ -107,7 +120,8 @@ pub async fn seed_event(pool: &Pool, id: &str, capacity: u64, reset: bool) -> Re
     })
 }
 
-static INSTALLER: std::sync::LazyLock<LuaScript> = std::sync::LazyLock::new(|| LuaScript::new(INSTALL));
+static INSTALLER: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(INSTALL));
 
 async fn register(pool: &Pool, id: &str, capacity: u64) -> Result<(), Error> {
     pool.next()
@@ -124,13 +138,19 @@ pub async fn load_catalog(pool: &Pool) -> Result<Vec<(String, u64)>, Error> {
     let all: HashMap<String, String> = pool.next().hgetall(CATALOG_KEY).await?;
     let mut events: Vec<(String, u64)> = all
         .into_iter()
-        .filter_map(|(id, capacity)| match (validate_event_id(&id), capacity.parse()) {
-            (Ok(()), Ok(capacity)) => Some((id, capacity)),
-            _ => {
-                tracing::warn!(id, capacity, "skipping malformed entry in the Redis catalogue");
-                None
-            }
-        })
+        .filter_map(
+            |(id, capacity)| match (validate_event_id(&id), capacity.parse()) {
+                (Ok(()), Ok(capacity)) => Some((id, capacity)),
+                _ => {
+                    tracing::warn!(
+                        id,
+                        capacity,
+                        "skipping malformed entry in the Redis catalogue"
+                    );
+                    None
+                }
+            },
+        )
         .collect();
     events.sort();
     Ok(events)

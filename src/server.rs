@@ -18,6 +18,25 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::throttle::Throttle;
 
+/// Listen backlog: a flash sale opens thousands of connections at once, and the default of
+/// 1024 drops SYNs (clients then wait a full second to retry). The kernel caps it at somaxconn.
+pub const BACKLOG: u32 = 8192;
+
+/// Binds `addr` with [`BACKLOG`] and `SO_REUSEADDR` (a restarted instance can bind at once).
+///
+/// # Errors
+/// The address is taken, not local, or not permitted.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {

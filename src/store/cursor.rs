@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn hands_out_each_index_once_then_none() {
         let c = Cursor::new(3);
-        assert_eq!((c.take(), c.take(), c.take(), c.take()), (Some(0), Some(1), Some(2), None));
+        assert_eq!(
+            (c.take(), c.take(), c.take(), c.take()),
+            (Some(0), Some(1), Some(2), None)
+        );
         assert_eq!((c.taken(), c.remaining()), (3, 0));
     }
 

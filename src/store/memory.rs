@@ -80,11 +80,35 @@ mod tests {
         let store = MemoryStore::new(&catalog);
         let a = catalog.get("a").unwrap();
         let b = catalog.get("b").unwrap();
-        assert_eq!(store.sell(&a).unwrap(), Sale::Sold { ticket: 1, remaining: 2 });
-        assert_eq!(store.sell(&b).unwrap(), Sale::Sold { ticket: 1, remaining: 0 });
+        assert_eq!(
+            store.sell(&a).unwrap(),
+            Sale::Sold {
+                ticket: 1,
+                remaining: 2
+            }
+        );
+        assert_eq!(
+            store.sell(&b).unwrap(),
+            Sale::Sold {
+                ticket: 1,
+                remaining: 0
+            }
+        );
         assert_eq!(store.sell(&b).unwrap(), Sale::SoldOut);
-        assert_eq!(store.sell(&a).unwrap(), Sale::Sold { ticket: 2, remaining: 1 });
-        assert_eq!(store.sell(&a).unwrap(), Sale::Sold { ticket: 3, remaining: 0 });
+        assert_eq!(
+            store.sell(&a).unwrap(),
+            Sale::Sold {
+                ticket: 2,
+                remaining: 1
+            }
+        );
+        assert_eq!(
+            store.sell(&a).unwrap(),
+            Sale::Sold {
+                ticket: 3,
+                remaining: 0
+            }
+        );
         assert_eq!(store.sell(&a).unwrap(), Sale::SoldOut);
     }
 }

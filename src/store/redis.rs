@@ -70,7 +70,7 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
     let mut config = Config::from_url(&options.url)?;
     config.fail_fast = false;
     Builder::from_config(config)
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 25, 250, 2))
         .with_connection_config(|c: &mut ConnectionConfig| {
             c.connection_timeout = Duration::from_secs(1);
             c.internal_command_timeout = Duration::from_secs(1);
@@ -179,10 +179,12 @@ impl Store for RedisStore {
     }
 
     async fn ready(&self) -> bool {
-        matches!(
-            timeout(self.timeout, self.pool.next().ping::<Value>(None)).await,
-            Ok(Ok(_))
-        )
+        // Every pooled connection up, and Redis answering.
+        self.pool.clients().iter().all(ClientLike::is_connected)
+            && matches!(
+                timeout(self.timeout, self.pool.next().ping::<Value>(None)).await,
+                Ok(Ok(_))
+            )
     }
 
     fn name(&self) -> &'static str {
@@ -196,7 +198,8 @@ fn parse_reply(event: &Event, reply: Value) -> Result<Sale, StoreError> {
     let Value::Array(items) = reply else {
         return Err(bad("no array"));
     };
-    let [status, ticket, remaining] = <[Value; 3]>::try_from(items).map_err(|_| bad("wrong length"))?;
+    let [status, ticket, remaining] =
+        <[Value; 3]>::try_from(items).map_err(|_| bad("wrong length"))?;
     let status = status.as_i64().ok_or_else(|| bad("no status"))?;
     let remaining = remaining.as_u64().ok_or_else(|| bad("no count"))?;
     match status {
@@ -282,15 +285,30 @@ mod tests {
         let e = Event::new("7", 100, 0);
         assert_eq!(
             parse_reply(&e, reply(1, "7-000042", 58)).unwrap(),
-            Sale::Sold { ticket: 42, remaining: 58 }
+            Sale::Sold {
+                ticket: 42,
+                remaining: 58
+            }
         );
         assert_eq!(
             parse_reply(&e, reply(2, "7-000042", 3)).unwrap(),
-            Sale::Sold { ticket: 42, remaining: 3 }
+            Sale::Sold {
+                ticket: 42,
+                remaining: 3
+            }
         );
         assert_eq!(parse_reply(&e, reply(0, "", 0)).unwrap(), Sale::SoldOut);
-        assert!(matches!(parse_reply(&e, reply(-1, "", 0)), Err(StoreError::Cancelled)));
-        assert!(matches!(parse_reply(&e, reply(1, "8-000001", 0)), Err(StoreError::Protocol(_))));
-        assert!(matches!(parse_reply(&e, Value::Null), Err(StoreError::Protocol(_))));
+        assert!(matches!(
+            parse_reply(&e, reply(-1, "", 0)),
+            Err(StoreError::Cancelled)
+        ));
+        assert!(matches!(
+            parse_reply(&e, reply(1, "8-000001", 0)),
+            Err(StoreError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_reply(&e, Value::Null),
+            Err(StoreError::Protocol(_))
+        ));
     }
 }

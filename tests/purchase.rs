@@ -1,0 +1,199 @@
+//! The purchase service against a real, private redis-server: purchase, sold out, unknown and
+//! malformed events, script cache loss, a Redis restart, and the ledger agreeing with answers.
+
+mod support;
+
+use fred::prelude::*;
+use hyper::{Method, StatusCode};
+use support::{Conn, RedisServer, Ticketd};
+
+async fn start(redis: &RedisServer, events: &str) -> Ticketd {
+    let url = redis.url();
+    let t = Ticketd::start(&["--store", "redis", "--redis-url", &url, "--events", events]).await;
+    t.wait_ready().await;
+    t
+}
+
+#[tokio::test]
+async fn purchase_sold_out_and_the_ledger() {
+    let redis = RedisServer::start();
+    let t = start(&redis, "1=3,2=5").await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+
+    let a = c.buy("1").await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(
+        a.text(),
+        r#"{"event":"1","ticket":"1-000001","remaining":2}"#
+    );
+    assert_eq!(c.buy("1").await.unwrap().json()["ticket"], "1-000002");
+    assert_eq!(c.buy("2").await.unwrap().json()["ticket"], "2-000001");
+    let last = c.buy("1").await.unwrap().json();
+    assert_eq!(
+        (last["ticket"].as_str(), last["remaining"].as_u64()),
+        (Some("1-000003"), Some(0))
+    );
+
+    let out = c.buy("1").await.unwrap();
+    assert_eq!(out.status, StatusCode::CONFLICT);
+    assert_eq!(out.text(), r#"{"error":"sold_out","event":"1"}"#);
+
+    let r = redis.client().await;
+    let sold: std::collections::HashMap<String, String> =
+        r.hgetall("event:{1}:sold").await.unwrap();
+    let mut tickets: Vec<_> = sold.keys().cloned().collect();
+    tickets.sort();
+    assert_eq!(tickets, ["1-000001", "1-000002", "1-000003"]);
+    for record in sold.values() {
+        let (purchase, ms) = record.split_once(' ').expect("'<purchase id> <ms>'");
+        assert!(purchase.contains(':'), "{record}");
+        assert!(ms.parse::<u64>().unwrap() > 1_700_000_000_000, "{record}");
+    }
+    assert_eq!(r.llen::<u64, _>("event:{1}:tickets").await.unwrap(), 0);
+    assert_eq!(r.llen::<u64, _>("event:{2}:tickets").await.unwrap(), 4);
+    let catalog: std::collections::HashMap<String, u64> = r.hgetall("events").await.unwrap();
+    assert_eq!(catalog.get("1"), Some(&3));
+    assert_eq!(catalog.get("2"), Some(&5));
+
+    let m = t.metrics_json().await;
+    assert_eq!(m["events"]["1"]["sold"], 3);
+    assert_eq!(m["events"]["1"]["sold_out"], 1);
+    assert_eq!(
+        m["events"]["2"]["remaining"], 4,
+        "remaining is read from Redis at scrape time"
+    );
+    assert_eq!(m["store"], "redis");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn edge_answers_without_touching_redis() {
+    let redis = RedisServer::start();
+    let t = start(&redis, "1=1").await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let a = c.buy("nope").await.unwrap();
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::NOT_FOUND, r#"{"error":"unknown_event"}"#)
+    );
+    for path in [
+        "/buy/a%7Bb%7D",
+        "/buy/",
+        &format!("/buy/{}", "x".repeat(65)),
+        "/buy/a:b",
+    ] {
+        let a = c.send(Method::POST, path).await.unwrap();
+        assert_eq!(
+            (a.status, a.text().as_str()),
+            (StatusCode::BAD_REQUEST, r#"{"error":"bad_event_id"}"#),
+            "{path}"
+        );
+    }
+    let a = c.send(Method::GET, "/buy/1").await.unwrap();
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.headers["allow"], "POST");
+    let a = c.send(Method::GET, "/nowhere").await.unwrap();
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#)
+    );
+    assert_eq!(
+        c.send(Method::GET, "/healthz").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.send(Method::GET, "/readyz").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // A declared oversized body is refused before anything is read.
+    let a = c
+        .send_with(Method::POST, "/buy/1", &[("content-length", "10000000")])
+        .await;
+    if let Ok(a) = a {
+        assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // Oversized headers: 431 from hyper, and the server lives on.
+    let mut c2 = Conn::open(t.addr).await.unwrap();
+    let big = "v".repeat(64 * 1024);
+    if let Ok(a) = c2
+        .send_with(Method::POST, "/buy/1", &[("x-big", &big)])
+        .await
+    {
+        assert!(a.status.is_client_error(), "{}", a.status);
+    }
+    let mut c3 = Conn::open(t.addr).await.unwrap();
+    assert_eq!(
+        c3.buy("1").await.unwrap().status,
+        StatusCode::OK,
+        "still serving, ticket unsold so far"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn script_flush_between_purchases_fails_nothing() {
+    let redis = RedisServer::start();
+    let t = start(&redis, "1=10").await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    assert_eq!(c.buy("1").await.unwrap().status, StatusCode::OK);
+    let r = redis.client().await;
+    let _: () = r.script_flush(false).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.buy("1").await.unwrap().status, StatusCode::OK);
+    }
+    let m = t.metrics_json().await;
+    assert!(m["redis"]["script_reloads"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["events"]["1"]["sold"], 4);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restart_between_purchases_fails_nothing() {
+    let mut redis = RedisServer::start();
+    let t = start(&redis, "1=10").await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    assert_eq!(c.buy("1").await.unwrap().json()["ticket"], "1-000001");
+    redis.restart(); // SIGKILL; AOF brings the pool back; the script cache is empty
+    t.wait_ready().await;
+    let a = c.buy("1").await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        a.json()["ticket"],
+        "1-000002",
+        "the sale before the kill survived in the AOF"
+    );
+    let m = t.metrics_json().await;
+    assert!(m["redis"]["script_reloads"].as_u64().unwrap() >= 1, "{m}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn events_seeded_elsewhere_become_sellable() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let t = Ticketd::start(&[
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--events",
+        "1=1",
+        "--catalog-refresh",
+        "100ms",
+    ])
+    .await;
+    t.wait_ready().await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    assert_eq!(c.buy("late").await.unwrap().status, StatusCode::NOT_FOUND);
+    let out = support::ticketd::run_binary(&["seed", "--redis-url", &url, "--events", "late=2"]);
+    assert!(out.status.success(), "{out:?}");
+    t.wait_until(
+        |a| a.json()["events"]["late"]["capacity"] == 2,
+        "/metrics?format=json",
+    )
+    .await;
+    assert_eq!(c.buy("late").await.unwrap().json()["ticket"], "late-000001");
+    t.stop().await;
+}

@@ -1,0 +1,185 @@
+//! The real ticketd: in-process on port 0 ([`Ticketd`]) or as a child process ([`TicketdProcess`])
+//! when a test must kill it or read its log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hyper::Method;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::http::request;
+use ticketd::config::Cli;
+
+/// ticketd running inside the test's runtime.
+pub struct Ticketd {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ticketd::run::RunError>>>,
+}
+
+impl Ticketd {
+    /// Starts ticketd with `args` (flags as on the command line) on a free port; returns once it
+    /// answers `/healthz`.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut argv = vec!["ticketd", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("valid test arguments");
+        let listener = ticketd::server::bind(cli.serve.listen).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ticketd::run(cli.serve, listener, async {
+            let _ = rx.await;
+        }));
+        let t = Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        t.wait_until(|a| a.status == 200, "/healthz").await;
+        t
+    }
+
+    /// Polls `path` until `ok` holds.
+    pub async fn wait_until(&self, ok: impl Fn(&super::Answer) -> bool, path: &str) {
+        wait_until(self.addr, ok, path).await;
+    }
+
+    /// Waits until `/readyz` answers 200 (every Redis connection up).
+    pub async fn wait_ready(&self) {
+        self.wait_until(|a| a.status == 200, "/readyz").await;
+    }
+
+    /// The JSON metrics.
+    pub async fn metrics_json(&self) -> serde_json::Value {
+        request(self.addr, Method::GET, "/metrics?format=json")
+            .await
+            .json()
+    }
+
+    /// Graceful stop: signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(super::WAIT, task)
+            .await
+            .expect("ticketd stops within the bound")
+            .expect("task")
+            .expect("run ended cleanly");
+    }
+}
+
+impl Drop for Ticketd {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `path` on `addr` until `ok` holds, within [`super::WAIT`].
+pub async fn wait_until(addr: SocketAddr, ok: impl Fn(&super::Answer) -> bool, path: &str) {
+    let deadline = Instant::now() + super::WAIT;
+    loop {
+        if let Ok(mut c) = super::Conn::open(addr).await {
+            if let Ok(a) = c.send(Method::GET, path).await {
+                if ok(&a) {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} on {addr} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// ticketd as a child process, its log in a file.
+pub struct TicketdProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TicketdProcess {
+    /// Spawns `ticketd --listen 127.0.0.1:<free> <args>` and waits for `/healthz`.
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = super::redis::free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("ticketd.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ticketd");
+        let p = Self {
+            addr,
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        wait_until(addr, |a| a.status == 200, "/healthz").await;
+        p
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` (`TERM`, `KILL`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ticketd did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TicketdProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the ticketd binary to completion (for `seed` and bad-configuration checks).
+pub fn run_binary(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .args(args)
+        .env_remove("TICKETD_EVENTS")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run ticketd")
+}
