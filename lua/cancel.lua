@@ -2,7 +2,7 @@
 -- the buyer was told 503, so the ticket, if the purchase took one, goes back to the pool.
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:purchases
--- (KEYS[4], event:{id}:meta, is passed like for purchase.lua and not used)
+-- (KEYS[4] and KEYS[5] are passed as for purchase.lua and not used)
 -- ARGV[1] purchase id
 --
 -- Marks the purchase id "!" in every case, so that a copy of the purchase call still in flight

@@ -3,7 +3,13 @@
 -- KEYS[1] event:{id}:seed:<nonce>  LIST built by the seeder (absent when the capacity is 0)
 -- KEYS[2] event:{id}:tickets, KEYS[3] event:{id}:sold, KEYS[4] event:{id}:purchases
 -- KEYS[5] event:{id}:meta          HASH capacity -> N
--- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger
+-- KEYS[6] event:{id}:leases, KEYS[7] event:{id}:reserved
+-- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger, ARGV[3] id
+--
+-- A reset also drops every instance's fallback reserve of the event (the reserve keys are named
+-- from the lease set; they share the event's hash tag, so the script stays in one slot). Stop
+-- the instances selling the event before a reset: an instance selling from memory while Redis
+-- is unreachable would not learn of it.
 --
 -- Returns {1, capacity} when installed, {0, existing capacity} when the event was left alone.
 -- Two seeders racing on one event cannot both install: the meta key decides, atomically.
@@ -12,7 +18,10 @@ if existing and ARGV[2] ~= 'reset' then
   redis.call('DEL', KEYS[1])
   return {0, tonumber(existing)}
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+for _, instance in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+  redis.call('DEL', 'event:{' .. ARGV[3] .. '}:reserve:' .. instance)
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])

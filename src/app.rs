@@ -173,9 +173,11 @@ impl<S: Store> App<S> {
     async fn metrics_response<B>(&self, req: &Request<B>) -> HttpResponse {
         let events = self.inner.catalog.events();
         let remaining = self.remaining_now(&events).await;
+        let reserved = self.inner.store.reserved(&events);
         let snapshot = Snapshot {
             events: &events,
             remaining: &remaining,
+            reserved: &reserved,
             store: self.inner.store.name(),
         };
         let wants_json = req

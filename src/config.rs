@@ -84,6 +84,15 @@ pub struct ServeArgs {
     /// A client must send its request headers within this time.
     #[arg(long, env = "TICKETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Tickets per event this instance claims from the pool while Redis is healthy, to sell
+    /// from memory when Redis fails (0: no fallback sales, 503 while Redis is down). Reserved
+    /// tickets are invisible to other instances until handed back.
+    #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::resilient::MAX_RESERVE))]
+    pub fallback_reserve: u64,
+    /// Lease on a reserve: a crashed instance's reserve returns to the pool this long after its
+    /// last heartbeat; an instance cut off from Redis stops selling from its reserve before it.
+    #[arg(long, env = "TICKETD_RESERVE_LEASE", default_value = "15s", value_parser = parse_lease)]
+    pub reserve_lease: Duration,
     /// Largest request body accepted on /buy (bytes; the body is ignored).
     #[arg(long, env = "TICKETD_MAX_BODY", default_value_t = 65536)]
     pub max_body: u64,
@@ -184,6 +193,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("'{s}' has an unknown unit (use ms, s or m)")),
     }
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(500) {
+        return Err(format!(
+            "'{s}' is too short: a lease must be at least 500ms"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {

@@ -62,6 +62,10 @@ pub struct EventKeys {
     pub purchases: Key,
     /// `event:{id}:meta`: HASH `capacity` -> N; its presence says the event was seeded.
     pub meta: Key,
+    /// `event:{id}:leases`: ZSET instance -> lease expiry of its fallback reserve (unix ms).
+    pub leases: Key,
+    /// `event:{id}:reserved`: STRING, tickets held in all instances' reserves.
+    pub reserved: Key,
 }
 
 impl EventKeys {
@@ -72,16 +76,25 @@ impl EventKeys {
             sold: Key::from(format!("event:{{{id}}}:sold")),
             purchases: Key::from(format!("event:{{{id}}}:purchases")),
             meta: Key::from(format!("event:{{{id}}}:meta")),
+            leases: Key::from(format!("event:{{{id}}}:leases")),
+            reserved: Key::from(format!("event:{{{id}}}:reserved")),
         }
     }
 
-    /// The keys in the order the Lua scripts expect them (`KEYS[1..4]`).
+    /// `event:{id}:reserve:<instance>`: LIST of the tickets `instance` holds back for when Redis
+    /// fails.
+    pub fn reserve(id: &str, instance: &str) -> Key {
+        Key::from(format!("event:{{{id}}}:reserve:{instance}"))
+    }
+
+    /// The keys in the order `purchase.lua` and `cancel.lua` expect them (`KEYS[1..5]`).
     pub fn script_keys(&self) -> Vec<Key> {
         vec![
             self.tickets.clone(),
             self.sold.clone(),
             self.purchases.clone(),
             self.meta.clone(),
+            self.reserved.clone(),
         ]
     }
 }

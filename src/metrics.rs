@@ -92,6 +92,26 @@ pub mod names {
         "counter",
         "Purchases whose outcome was unknown (timeout, lost connection), made void in Redis afterwards.",
     );
+    pub const RESERVE: Family = (
+        "ticketd_fallback_reserve_tickets",
+        "gauge",
+        "Unsold tickets this instance holds back per event for when Redis fails.",
+    );
+    pub const SETTLED: Family = (
+        "ticketd_fallback_settled_total",
+        "counter",
+        "Fallback sales written into the Redis ledger after an outage.",
+    );
+    pub const CONFLICTS: Family = (
+        "ticketd_settle_conflicts_total",
+        "counter",
+        "Fallback sales whose ticket the ledger shows sold to another purchase (should stay 0; alert on it).",
+    );
+    pub const REAPED: Family = (
+        "ticketd_reserves_reaped_total",
+        "counter",
+        "Reserves of instances whose lease expired, returned to the pool by this instance.",
+    );
     pub const BUILD_INFO: Family = (
         "ticketd_build_info",
         "gauge",
@@ -318,6 +338,9 @@ pub struct Metrics {
     redis_errors: [AtomicU64; 5],
     script_reloads: AtomicU64,
     cancelled: AtomicU64,
+    settled: AtomicU64,
+    conflicts: AtomicU64,
+    reaped: AtomicU64,
     start_time: f64,
 }
 
@@ -342,6 +365,9 @@ impl Metrics {
             redis_errors: Default::default(),
             script_reloads: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            reaped: AtomicU64::new(0),
             start_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -459,6 +485,30 @@ impl Metrics {
     /// Purchases made void so far.
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Relaxed)
+    }
+
+    /// Counts fallback sales written into the ledger.
+    pub fn fallback_settled(&self, n: u64) {
+        self.settled.fetch_add(n, Relaxed);
+    }
+
+    /// Counts fallback sales that conflicted with the ledger.
+    pub fn settle_conflicts(&self, n: u64) {
+        self.conflicts.fetch_add(n, Relaxed);
+    }
+
+    /// Counts a reaped reserve.
+    pub fn reserve_reaped(&self) {
+        self.reaped.fetch_add(1, Relaxed);
+    }
+
+    /// Fallback sales settled, conflicts, reserves reaped.
+    pub fn settlement(&self) -> (u64, u64, u64) {
+        (
+            self.settled.load(Relaxed),
+            self.conflicts.load(Relaxed),
+            self.reaped.load(Relaxed),
+        )
     }
 
     /// Start time of the process, seconds since the Unix epoch.

@@ -21,6 +21,8 @@ pub struct Snapshot<'a> {
     pub events: &'a [Arc<Event>],
     /// Unsold tickets of each event, same order.
     pub remaining: &'a [u64],
+    /// Unsold tickets of each event in this instance's fallback reserve, same order.
+    pub reserved: &'a [u64],
     /// The running store's name.
     pub store: &'a str,
 }
@@ -201,6 +203,17 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::SCRIPT_RELOADS.0, &[], m.script_reloads());
     header(out, names::CANCELLED);
     sample(out, names::CANCELLED.0, &[], m.cancelled());
+    header(out, names::RESERVE);
+    for (e, r) in s.events.iter().zip(s.reserved) {
+        sample(out, names::RESERVE.0, &[("event", &e.id)], *r);
+    }
+    let (settled, conflicts, reaped) = m.settlement();
+    header(out, names::SETTLED);
+    sample(out, names::SETTLED.0, &[], settled);
+    header(out, names::CONFLICTS);
+    sample(out, names::CONFLICTS.0, &[], conflicts);
+    header(out, names::REAPED);
+    sample(out, names::REAPED.0, &[], reaped);
     header(out, names::BUILD_INFO);
     sample(
         out,
@@ -286,10 +299,28 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
         out.extend_from_slice(b"}}}");
     }
     let (activations, active) = m.fallback();
+    let (settled, conflicts, reaped) = m.settlement();
     out.extend_from_slice(br#"},"fallback":{"active":"#);
     out.extend_from_slice(if active { b"true" } else { b"false" });
     out.extend_from_slice(br#","activations":"#);
     num(out, activations);
+    out.extend_from_slice(br#","settled":"#);
+    num(out, settled);
+    out.extend_from_slice(br#","conflicts":"#);
+    num(out, conflicts);
+    out.extend_from_slice(br#","reserves_reaped":"#);
+    num(out, reaped);
+    out.extend_from_slice(br#","reserved":{"#);
+    for (i, (e, r)) in s.events.iter().zip(s.reserved).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(e.id.as_bytes());
+        out.extend_from_slice(b"\":");
+        num(out, *r);
+    }
+    out.push(b'}');
     out.extend_from_slice(br#"},"redis":{"script_reloads":"#);
     num(out, m.script_reloads());
     out.extend_from_slice(br#","cancelled_purchases":"#);
@@ -355,6 +386,7 @@ mod tests {
             &Snapshot {
                 events: &events,
                 remaining: &[8],
+                reserved: &[0],
                 store: "redis",
             },
         );
@@ -405,6 +437,7 @@ mod tests {
             &Snapshot {
                 events: &events,
                 remaining: &[8],
+                reserved: &[0],
                 store: "redis",
             },
         );

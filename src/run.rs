@@ -17,6 +17,8 @@ use crate::seed::{load_catalog, seed_event};
 use crate::server::{serve, ServeOptions};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{build_pool, RedisOptions, RedisStore};
+use crate::store::resilient::{FallbackOptions, ResilientStore};
+use crate::store::Store;
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -98,15 +100,20 @@ pub async fn run(
         args.clone(),
         !connected,
     ));
-    let store = RedisStore::new(pool.clone(), args.redis_timeout, metrics.clone());
-    tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), "ticketd is listening");
-    serve(
-        listener,
-        App::new(store, catalog, metrics, limits),
-        options,
-        shutdown,
-    )
-    .await?;
+    let fallback = FallbackOptions {
+        reserve: args.fallback_reserve,
+        lease: args.reserve_lease,
+    };
+    let store = ResilientStore::new(
+        RedisStore::new(pool.clone(), args.redis_timeout, metrics.clone()),
+        catalog.clone(),
+        fallback,
+        !connected,
+    );
+    tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
+    let app = App::new(store, catalog, metrics, limits);
+    serve(listener, app.clone(), options, shutdown).await?;
+    app.store().shutdown(args.shutdown_timeout).await;
     let _ = pool.quit().await;
     Ok(())
 }

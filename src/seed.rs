@@ -106,10 +106,13 @@ pub async fn seed_event(
         event.keys.sold.clone(),
         event.keys.purchases.clone(),
         event.keys.meta.clone(),
+        event.keys.leases.clone(),
+        event.keys.reserved.clone(),
     ];
     let args = vec![
         Value::Integer(capacity as i64),
         Value::from(if reset { "reset" } else { "keep" }),
+        Value::from(id),
     ];
     let (installed, capacity): (i64, u64) = INSTALLER.run(client, keys, args, || ()).await?;
     register(pool, id, capacity).await?;

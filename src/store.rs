@@ -1,12 +1,16 @@
 //! The storage seam: one small trait that sells a ticket of an event, with a Redis
-//! implementation ([`redis::RedisStore`]) and an in-memory one ([`memory::MemoryStore`]).
+//! implementation that falls back to per-instance reserves ([`resilient::ResilientStore`], on
+//! [`redis::RedisStore`]) and a standalone in-memory one ([`memory::MemoryStore`]).
 //!
 //! The HTTP layer only sees [`Store`]; which store runs is decided once at start-up.
 
 pub mod cursor;
 pub mod memory;
 pub mod redis;
+pub mod reserve;
+pub mod resilient;
 pub mod scripts;
+pub mod supervisor;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +39,16 @@ pub enum StoreError {
     /// No answer within the bound; the outcome is unknown until reconciled.
     #[error("no answer from Redis within {0:?}")]
     Timeout(Duration),
+    /// No connection to Redis right now (it is reconnecting).
+    #[error("not connected to Redis")]
+    NotConnected,
+    /// The pool is empty but instances' reserves still hold tickets: not sold out; they are
+    /// being returned to the pool (retry shortly).
+    #[error("pool empty, {0} tickets held in reserves")]
+    HeldInReserves(u64),
+    /// Redis is failing and this instance's reserve of the event is spent (or its lease ran out).
+    #[error("in fallback mode and no reserved ticket left")]
+    ReserveSpent,
     /// The Redis client failed (connection refused or lost, script error, ...).
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -72,4 +86,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's name for logs and `/metrics` (`redis`, `memory`).
     fn name(&self) -> &'static str;
+
+    /// Unsold tickets of each of `events` held in this instance's fallback reserve.
+    fn reserved(&self, events: &[Arc<Event>]) -> Vec<u64> {
+        vec![0; events.len()]
+    }
+
+    /// Called once after serving stopped: return what the instance holds (reserves) and settle
+    /// what it owes (fallback sales), within `bound`.
+    fn shutdown(&self, bound: Duration) -> impl Future<Output = ()> + Send {
+        let _ = bound;
+        async {}
+    }
+}
+
+impl StoreError {
+    /// Whether this failure means Redis is down or too slow (switch to the fallback), as
+    /// opposed to an answer that Redis gave.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::NotConnected => true,
+            StoreError::Redis(e) => {
+                matches!(
+                    e.kind(),
+                    fred::error::ErrorKind::IO
+                        | fred::error::ErrorKind::Timeout
+                        | fred::error::ErrorKind::Canceled
+                ) || e.details().starts_with("LOADING")
+                    || e.details().starts_with("BUSY")
+            }
+            _ => false,
+        }
+    }
 }

@@ -1,12 +1,11 @@
-//! The Redis store: one Lua script per purchase, run with EVALSHA on a fred [`Pool`] whose
+//! The Redis path: one Lua script per purchase, run with EVALSHA on a fred [`Pool`] whose
 //! clients pipeline concurrent commands on their connections.
 //!
 //! Every purchase carries a purchase id unique to this process and request. The script checks it
 //! first, so a call that fred re-sends after a reconnect returns the ticket it already sold
 //! instead of selling another. A purchase whose outcome is unknown (timeout, lost connection) is
-//! answered `503` and queued for cancellation: a background task runs `lua/cancel.lua` once
-//! Redis answers, which puts the ticket back if the call did sell one and voids the id so a late
-//! copy cannot.
+//! queued for cancellation: a background task runs `lua/cancel.lua` once Redis answers, which
+//! puts the ticket back if the call did sell one and voids the id so a late copy cannot.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use fred::clients::Pool;
 use fred::error::{Error, ErrorKind};
-use fred::interfaces::{ClientLike, ListInterface};
+use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, UnresponsiveConfig};
 use fred::types::Value;
@@ -24,10 +23,9 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::event::{Event, EventKeys};
-use crate::metrics::{Metrics, RedisErrorKind, StorePath};
+use crate::metrics::{Metrics, RedisErrorKind};
 use crate::store::scripts::{LuaScript, CANCEL, PURCHASE};
-use crate::store::{Sale, Store, StoreError};
-use crate::throttle::Throttle;
+use crate::store::{Sale, StoreError};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -36,7 +34,7 @@ pub struct RedisOptions {
     pub url: String,
     /// Clients in the fred pool, each with one connection.
     pub pool_size: usize,
-    /// Bound on one purchase call; past it the purchase is answered `503` and cancelled.
+    /// Bound on one purchase call; past it the purchase goes to the fallback and is cancelled.
     pub timeout: Duration,
 }
 
@@ -53,22 +51,23 @@ pub struct RedisStore {
     pool: Pool,
     purchase: LuaScript,
     timeout: Duration,
-    /// Random per process, so purchase ids of two instances never collide.
+    /// Random per process, so purchase ids and reserve keys of two instances never collide.
     instance: Box<str>,
     next_purchase: CachePadded<AtomicU64>,
     cancels: mpsc::UnboundedSender<PendingCancel>,
     metrics: Arc<Metrics>,
-    error_log: Throttle,
 }
 
-/// Builds the fred pool for `options`: reconnects forever with a short backoff, never fails the
-/// first connection (the caller decides how long to wait), bounds every command.
+/// Builds the fred pool for `options`: reconnects forever with a short backoff (25 ms doubling
+/// to 250 ms), never fails the first connection (the caller decides how long to wait), closes a
+/// connection that stops answering, and bounds every command.
 ///
 /// # Errors
 /// A malformed URL.
 pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
     let mut config = Config::from_url(&options.url)?;
     config.fail_fast = false;
+    let slow = options.timeout.max(Duration::from_millis(500)) * 4;
     Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_exponential(0, 25, 250, 2))
         .with_connection_config(|c: &mut ConnectionConfig| {
@@ -77,19 +76,19 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
             c.max_command_attempts = 2;
             c.tcp.nodelay = Some(true);
             c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(options.timeout.max(Duration::from_millis(500)) * 4),
+                max_timeout: Some(slow),
                 interval: Duration::from_millis(250),
             };
         })
         .with_performance_config(|p: &mut PerformanceConfig| {
-            p.default_command_timeout = options.timeout.max(Duration::from_millis(500)) * 4;
+            p.default_command_timeout = slow;
         })
         .build_pool(options.pool_size.max(1))
 }
 
 impl RedisStore {
-    /// A store on `pool` (connected or not: commands wait for the connection, bounded by
-    /// `timeout`). Spawns the cancellation task, so it must run inside a tokio runtime.
+    /// A store on `pool` (connected or not). Spawns the cancellation task, so it must run
+    /// inside a tokio runtime.
     pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(cancel_loop(pool.clone(), rx, metrics.clone(), timeout));
@@ -101,18 +100,36 @@ impl RedisStore {
             next_purchase: CachePadded::new(AtomicU64::new(1)),
             cancels: tx,
             metrics,
-            error_log: Throttle::new(Duration::from_secs(5)),
         }
     }
 
-    /// The pool, for seeding and the catalogue.
+    /// The pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// A purchase id unique to this process and request: `<instance>:<n>`.
-    fn purchase_id(&self) -> Bytes {
-        let n = self.next_purchase.fetch_add(1, Relaxed);
+    /// This process's instance id (16 hex digits).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The bound on one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A fresh purchase number, never 0; the purchase id is `<instance>:<number>`.
+    pub fn next_purchase(&self) -> u64 {
+        self.next_purchase.fetch_add(1, Relaxed)
+    }
+
+    /// The purchase id of purchase number `n`.
+    pub fn purchase_id(&self, n: u64) -> Bytes {
         let mut buf = itoa::Buffer::new();
         let n = buf.format(n);
         let mut id = Vec::with_capacity(self.instance.len() + 1 + n.len());
@@ -122,77 +139,77 @@ impl RedisStore {
         Bytes::from(id)
     }
 
-    async fn call(&self, event: &Event, purchase_id: Bytes) -> Result<Value, StoreError> {
+    /// Sells one ticket of `event` with the purchase script, within the timeout. A failure is
+    /// counted; one whose outcome is unknown is queued for cancellation.
+    ///
+    /// # Errors
+    /// See [`StoreError`]; [`StoreError::is_outage`] tells a failing Redis from an answer.
+    pub async fn purchase(&self, event: &Event) -> Result<Sale, StoreError> {
         let client = self.pool.next();
+        if !client.is_connected() {
+            self.metrics.redis_error(RedisErrorKind::Io);
+            return Err(StoreError::NotConnected);
+        }
+        let purchase_id = self.purchase_id(self.next_purchase());
         let call = self.purchase.run::<Value>(
             client,
             event.keys.script_keys(),
-            vec![Value::Bytes(purchase_id)],
+            vec![Value::Bytes(purchase_id.clone())],
             || self.metrics.script_reloaded(),
         );
-        match timeout(self.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
+        let result = match timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => parse_reply(event, reply),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
-    }
-
-    fn failed(&self, event: &Event, purchase_id: Bytes, error: &StoreError) {
-        let kind = error_kind(error);
-        self.metrics.redis_error(kind);
-        if let Some(held_back) = self.error_log.allow() {
-            tracing::warn!(event = %event.id, %error, held_back, "redis purchase failed; answering 503");
-        }
-        // Anything but a clean "no" may have sold a ticket that the buyer will never receive.
-        if !matches!(error, StoreError::Cancelled | StoreError::MissingInRedis) {
-            let _ = self.cancels.send(PendingCancel {
-                keys: event.keys.clone(),
-                purchase_id,
-            });
-        }
-    }
-}
-
-impl Store for RedisStore {
-    async fn purchase<'a>(&'a self, event: &'a Event) -> (StorePath, Result<Sale, StoreError>) {
-        let purchase_id = self.purchase_id();
-        let result = match self.call(event, purchase_id.clone()).await {
-            Ok(reply) => parse_reply(event, reply),
-            Err(e) => Err(e),
         };
         if let Err(e) = &result {
-            self.failed(event, purchase_id, e);
+            if !matches!(e, StoreError::HeldInReserves(_)) {
+                self.metrics.redis_error(error_kind(e));
+            }
+            // Anything but a clear answer may have sold a ticket the buyer will never receive.
+            if e.is_outage() || matches!(e, StoreError::Redis(_) | StoreError::Protocol(_)) {
+                let _ = self.cancels.send(PendingCancel {
+                    keys: event.keys.clone(),
+                    purchase_id,
+                });
+            }
         }
-        (StorePath::Redis, result)
+        result
     }
 
-    async fn remaining<'a>(&'a self, events: &'a [Arc<Event>]) -> Result<Vec<u64>, StoreError> {
-        let pipeline = self.pool.next().pipeline();
+    /// Unsold tickets (pool + every reserve) of each of `events`, in one pipelined round trip.
+    ///
+    /// # Errors
+    /// A Redis error or the timeout.
+    pub async fn remaining(&self, events: &[Arc<Event>]) -> Result<Vec<u64>, StoreError> {
+        let client = self.pool.next();
+        if !client.is_connected() {
+            return Err(StoreError::NotConnected);
+        }
+        let pipeline = client.pipeline();
         for e in events {
             let _: () = pipeline.llen(e.keys.tickets.clone()).await?;
+            let _: () = pipeline.get(e.keys.reserved.clone()).await?;
         }
-        let counts: Vec<i64> = match timeout(self.timeout, pipeline.all::<Vec<i64>>()).await {
+        let replies: Vec<Value> = match timeout(self.timeout, pipeline.all::<Vec<Value>>()).await {
             Ok(r) => r?,
             Err(_) => return Err(StoreError::Timeout(self.timeout)),
         };
-        Ok(counts.into_iter().map(|n| n.max(0) as u64).collect())
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        Ok(replies.chunks(2).map(|c| c.iter().map(n).sum()).collect())
     }
 
-    async fn ready(&self) -> bool {
-        // Every pooled connection up, and Redis answering.
+    /// Whether every pooled connection is up and Redis answers a PING within the timeout.
+    pub async fn ready(&self) -> bool {
         self.pool.clients().iter().all(ClientLike::is_connected)
             && matches!(
                 timeout(self.timeout, self.pool.next().ping::<Value>(None)).await,
                 Ok(Ok(_))
             )
     }
-
-    fn name(&self) -> &'static str {
-        "redis"
-    }
 }
 
-/// Reads the script's `{status, ticket, remaining}`.
+/// Reads the script's `{status, ticket, unsold}`.
 fn parse_reply(event: &Event, reply: Value) -> Result<Sale, StoreError> {
     let bad = |why: &str| StoreError::Protocol(format!("{why} in purchase reply"));
     let Value::Array(items) = reply else {
@@ -210,6 +227,7 @@ fn parse_reply(event: &Event, reply: Value) -> Result<Sale, StoreError> {
                 .ok_or_else(|| bad("foreign ticket id"))?;
             Ok(Sale::Sold { ticket, remaining })
         }
+        0 if remaining > 0 => Err(StoreError::HeldInReserves(remaining)),
         0 => Ok(Sale::SoldOut),
         -1 => Err(StoreError::Cancelled),
         -2 => Err(StoreError::MissingInRedis),
@@ -221,8 +239,8 @@ fn parse_reply(event: &Event, reply: Value) -> Result<Sale, StoreError> {
 pub fn error_kind(e: &StoreError) -> RedisErrorKind {
     match e {
         StoreError::Timeout(_) => RedisErrorKind::Timeout,
+        StoreError::NotConnected => RedisErrorKind::Io,
         StoreError::Protocol(_) | StoreError::Cancelled => RedisErrorKind::Protocol,
-        StoreError::UnknownEvent | StoreError::MissingInRedis => RedisErrorKind::Other,
         StoreError::Redis(e) => match e.kind() {
             ErrorKind::Timeout => RedisErrorKind::Timeout,
             ErrorKind::IO | ErrorKind::Canceled => RedisErrorKind::Io,
@@ -232,6 +250,7 @@ pub fn error_kind(e: &StoreError) -> RedisErrorKind {
             }
             _ => RedisErrorKind::Other,
         },
+        _ => RedisErrorKind::Other,
     }
 }
 
@@ -299,8 +318,16 @@ mod tests {
         );
         assert_eq!(parse_reply(&e, reply(0, "", 0)).unwrap(), Sale::SoldOut);
         assert!(matches!(
+            parse_reply(&e, reply(0, "", 5)),
+            Err(StoreError::HeldInReserves(5))
+        ));
+        assert!(matches!(
             parse_reply(&e, reply(-1, "", 0)),
             Err(StoreError::Cancelled)
+        ));
+        assert!(matches!(
+            parse_reply(&e, reply(-2, "", 0)),
+            Err(StoreError::MissingInRedis)
         ));
         assert!(matches!(
             parse_reply(&e, reply(1, "8-000001", 0)),

@@ -13,6 +13,14 @@ pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
 pub const CANCEL: &str = include_str!("../../lua/cancel.lua");
 /// `lua/install.lua`: installs a seeded pool unless the event exists.
 pub const INSTALL: &str = include_str!("../../lua/install.lua");
+/// `lua/claim.lua`: renews an instance's lease and tops up its fallback reserve.
+pub const CLAIM: &str = include_str!("../../lua/claim.lua");
+/// `lua/settle.lua`: writes fallback sales into the ledger, idempotently.
+pub const SETTLE: &str = include_str!("../../lua/settle.lua");
+/// `lua/release.lua`: hands an instance's reserve back to the pool.
+pub const RELEASE: &str = include_str!("../../lua/release.lua");
+/// `lua/reap.lua`: returns an expired (crashed) instance's reserve to the pool.
+pub const REAP: &str = include_str!("../../lua/reap.lua");
 
 /// A script and its SHA-1, computed once.
 #[derive(Debug, Clone)]

@@ -1,0 +1,42 @@
+-- Heartbeat and top-up of one instance's fallback reserve for one event.
+--
+-- KEYS[1] event:{id}:tickets               the shared pool
+-- KEYS[2] event:{id}:reserve:<instance>    LIST: tickets this instance holds back
+-- KEYS[3] event:{id}:leases                ZSET instance -> lease expiry (unix ms, Redis clock)
+-- KEYS[4] event:{id}:reserved              STRING: tickets held in all reserves
+-- KEYS[5] event:{id}:meta                  present once the event is seeded
+-- ARGV[1] instance, ARGV[2] reserve size wanted, ARGV[3] lease (ms),
+-- ARGV[4] reserve length the instance believes Redis holds
+--
+-- Renews the lease. Moves tickets from the pool into the reserve only while the pool holds more
+-- than four reserves' worth, so reserves never take the last tickets of a sale.
+-- Returns {status, now ms, pool length, moved, ids...}: status 1, or -2 when the event is not in
+-- Redis. The ids (the whole reserve) are returned only when the reserve changed or its length
+-- is not what the instance believes, so a plain heartbeat stays small.
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return {-2, 0, 0, 0}
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+local size = tonumber(ARGV[2])
+local have = redis.call('LLEN', KEYS[2])
+local pool = redis.call('LLEN', KEYS[1])
+local moved = 0
+local want = size - have
+if want > 0 and pool > 4 * size then
+  local ids = redis.call('LPOP', KEYS[1], want)
+  if ids then
+    redis.call('RPUSH', KEYS[2], unpack(ids))
+    redis.call('INCRBY', KEYS[4], #ids)
+    moved = #ids
+    pool = pool - moved
+  end
+end
+local out = {1, now, pool, moved}
+if moved > 0 or have ~= tonumber(ARGV[4]) then
+  for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    out[#out + 1] = id
+  end
+end
+return out
