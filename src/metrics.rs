@@ -25,7 +25,7 @@ pub mod names {
     pub const STORE_PURCHASES: Family = (
         "ticketd_store_purchases_total",
         "counter",
-        "Purchase answers by the store path that gave them (redis, fallback, memory) and outcome.",
+        "Purchase answers by the store path that gave them (redis, fallback, reserve, memory) and outcome.",
     );
     pub const TICKETS_SOLD: Family = (
         "ticketd_tickets_sold_total",
@@ -166,11 +166,19 @@ pub enum StorePath {
     Fallback = 1,
     /// The standalone in-memory store.
     Memory = 2,
+    /// This instance's reserve while Redis is healthy: the pool is empty, the last tickets are
+    /// the reserved ones.
+    Reserve = 3,
 }
 
 impl StorePath {
     /// Every path, in index order.
-    pub const ALL: [StorePath; 3] = [StorePath::Redis, StorePath::Fallback, StorePath::Memory];
+    pub const ALL: [StorePath; 4] = [
+        StorePath::Redis,
+        StorePath::Fallback,
+        StorePath::Memory,
+        StorePath::Reserve,
+    ];
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -178,6 +186,7 @@ impl StorePath {
             StorePath::Redis => "redis",
             StorePath::Fallback => "fallback",
             StorePath::Memory => "memory",
+            StorePath::Reserve => "reserve",
         }
     }
 }
@@ -327,8 +336,8 @@ pub const STATUSES: [u16; 10] = [200, 400, 404, 405, 409, 413, 431, 500, 503, 0]
 /// Process-wide metrics. Per-event ones are in [`EventMetrics`].
 #[derive(Debug)]
 pub struct Metrics {
-    store_purchases: [[CachePadded<AtomicU64>; 4]; 3],
-    latency: [CachePadded<Histogram>; 3],
+    store_purchases: [[CachePadded<AtomicU64>; 4]; 4],
+    latency: [CachePadded<Histogram>; 4],
     http: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
     in_flight: CachePadded<AtomicU64>,
     connections_open: CachePadded<AtomicU64>,

@@ -55,6 +55,8 @@ pub struct RedisStore {
     instance: Box<str>,
     next_purchase: CachePadded<AtomicU64>,
     cancels: mpsc::UnboundedSender<PendingCancel>,
+    /// Purchases queued for cancellation and not yet made void.
+    pending_cancels: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -91,7 +93,14 @@ impl RedisStore {
     /// inside a tokio runtime.
     pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(cancel_loop(pool.clone(), rx, metrics.clone(), timeout));
+        let pending_cancels = Arc::new(AtomicU64::new(0));
+        tokio::spawn(cancel_loop(
+            pool.clone(),
+            rx,
+            metrics.clone(),
+            timeout,
+            pending_cancels.clone(),
+        ));
         Self {
             pool,
             purchase: LuaScript::new(PURCHASE),
@@ -99,8 +108,15 @@ impl RedisStore {
             instance: format!("{:016x}", rand::random::<u64>()).into(),
             next_purchase: CachePadded::new(AtomicU64::new(1)),
             cancels: tx,
+            pending_cancels,
             metrics,
         }
+    }
+
+    /// Purchases of unknown outcome not yet made void. Their tickets may still come back to the
+    /// pool, so the fallback stays on (no "sold out" from Redis) until this is 0.
+    pub fn pending_cancels(&self) -> u64 {
+        self.pending_cancels.load(Relaxed)
     }
 
     /// The pool.
@@ -168,6 +184,7 @@ impl RedisStore {
             }
             // Anything but a clear answer may have sold a ticket the buyer will never receive.
             if e.is_outage() || matches!(e, StoreError::Redis(_) | StoreError::Protocol(_)) {
+                self.pending_cancels.fetch_add(1, Relaxed);
                 let _ = self.cancels.send(PendingCancel {
                     keys: event.keys.clone(),
                     purchase_id,
@@ -254,35 +271,62 @@ pub fn error_kind(e: &StoreError) -> RedisErrorKind {
     }
 }
 
-/// Makes void, one by one and until Redis takes it, every purchase of unknown outcome.
+/// Most cancellations run at once (they pipeline on the pool's connections).
+const CANCEL_BATCH: usize = 256;
+
+/// Makes void every purchase of unknown outcome, in concurrent batches, retrying each until
+/// Redis takes it.
 async fn cancel_loop(
     pool: Pool,
     mut rx: mpsc::UnboundedReceiver<PendingCancel>,
     metrics: Arc<Metrics>,
     bound: Duration,
+    pending: Arc<AtomicU64>,
 ) {
     let script = LuaScript::new(CANCEL);
+    let bound = bound.max(Duration::from_millis(500));
+    let mut batch: Vec<PendingCancel> = Vec::with_capacity(CANCEL_BATCH);
     let mut backoff = Duration::from_millis(50);
-    while let Some(pending) = rx.recv().await {
-        loop {
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+        }
+        while batch.len() < CANCEL_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let calls = batch.iter().map(|p| {
             let call = script.run::<i64>(
                 pool.next(),
-                pending.keys.script_keys(),
-                vec![Value::Bytes(pending.purchase_id.clone())],
+                p.keys.script_keys(),
+                vec![Value::Bytes(p.purchase_id.clone())],
                 || metrics.script_reloaded(),
             );
-            match timeout(bound.max(Duration::from_millis(500)), call).await {
+            timeout(bound, call)
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let mut failed = Vec::new();
+        for (p, r) in batch.drain(..).zip(results) {
+            match r {
                 Ok(Ok(returned)) => {
                     metrics.purchase_cancelled();
-                    tracing::debug!(purchase = ?pending.purchase_id, returned, "purchase of unknown outcome made void");
-                    backoff = Duration::from_millis(50);
-                    break;
+                    pending.fetch_sub(1, Relaxed);
+                    tracing::debug!(purchase = ?p.purchase_id, returned, "purchase of unknown outcome made void");
                 }
-                _ => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+                _ => failed.push(p),
             }
+        }
+        if failed.is_empty() {
+            backoff = Duration::from_millis(50);
+        } else {
+            batch = failed;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 }

@@ -72,6 +72,11 @@ impl Reserve {
         self.cursor.close()
     }
 
+    /// Whether the supervisor closed this reserve (it is being swapped or handed back).
+    pub fn is_closed(&self) -> bool {
+        self.cursor.is_closed()
+    }
+
     /// Tickets not sold yet.
     pub fn unsold(&self) -> u64 {
         self.cursor.remaining()

@@ -64,6 +64,8 @@ pub struct EventReserve {
     /// Milliseconds after the store's start until which selling from the reserve is safe (the
     /// lease, less a margin). 0: never.
     pub sell_until_ms: AtomicU64,
+    /// Told when the supervisor swapped `current` (handed back or refilled).
+    pub swapped: tokio::sync::Notify,
 }
 
 /// State shared by the request path and the supervisor.
@@ -140,6 +142,7 @@ impl Shared {
                     current: RwLock::new(Arc::new(Reserve::empty())),
                     unsettled: Mutex::new(Vec::new()),
                     sell_until_ms: AtomicU64::new(0),
+                    swapped: tokio::sync::Notify::new(),
                 })
             })
             .clone()
@@ -149,11 +152,7 @@ impl Shared {
         let Some(er) = self.reserves.read().get(&*event.id).cloned() else {
             return Err(StoreError::ReserveSpent);
         };
-        if self.now_ms() >= er.sell_until_ms.load(Ordering::Acquire) {
-            // The lease may have run out: the reserve may already be back in the pool.
-            return Err(StoreError::ReserveSpent);
-        }
-        let reserve = er.current.read().clone();
+        let (reserve, _) = self.usable_reserve(&er).ok_or(StoreError::ReserveSpent)?;
         let ticket = reserve
             .take(self.redis.next_purchase(), unix_ms())
             .ok_or(StoreError::ReserveSpent)?;
@@ -162,6 +161,60 @@ impl Shared {
             remaining: event.metrics.remaining().saturating_sub(1),
         })
     }
+
+    /// The current reserve of `er`, if the lease still covers selling from it, with how many of
+    /// its tickets Redis still counts as reserved (held in the list or sold but not settled).
+    fn usable_reserve(&self, er: &EventReserve) -> Option<(Arc<Reserve>, u64)> {
+        if self.now_ms() >= er.sell_until_ms.load(Ordering::Acquire) {
+            // The lease may have run out: the reserve may already be back in the pool.
+            return None;
+        }
+        let reserve = er.current.read().clone();
+        let counted = reserve.held_in_redis() + er.unsettled.lock().len() as u64;
+        Some((reserve, counted))
+    }
+
+    /// The pool is empty and reserves hold `reserved` tickets: sell from this instance's own
+    /// reserve (settled within a heartbeat), or decide sold out when every reserved ticket is
+    /// one of ours and sold, or ask the buyer to retry while other instances hand theirs back.
+    /// While our own reserve is being handed back, waits (bounded) for that and says so.
+    async fn end_game(&self, event: &Event, reserved: u64) -> EndGame {
+        let held = EndGame::Done(StorePath::Redis, Err(StoreError::HeldInReserves(reserved)));
+        let Some(er) = self.reserves.read().get(&*event.id).cloned() else {
+            return held;
+        };
+        let swapped = er.swapped.notified();
+        let Some((reserve, ours)) = self.usable_reserve(&er) else {
+            return held;
+        };
+        if let Some(ticket) = reserve.take(self.redis.next_purchase(), unix_ms()) {
+            self.wake.notify_one(); // settle soon
+            let remaining = reserved.saturating_sub(1);
+            return EndGame::Done(StorePath::Reserve, Ok(Sale::Sold { ticket, remaining }));
+        }
+        if reserve.is_closed() {
+            // Being handed back to the pool or refilled: ask Redis again once that is done.
+            let _ = tokio::time::timeout(
+                self.redis.timeout().max(Duration::from_millis(500)),
+                swapped,
+            )
+            .await;
+            return EndGame::Retry;
+        }
+        if reserved <= ours {
+            EndGame::Done(StorePath::Redis, Ok(Sale::SoldOut))
+        } else {
+            held
+        }
+    }
+}
+
+/// What the end of a sale decided.
+enum EndGame {
+    /// The answer.
+    Done(StorePath, Result<Sale, StoreError>),
+    /// Our reserve was just swapped; ask Redis again.
+    Retry,
 }
 
 /// Unix time in milliseconds.
@@ -215,15 +268,24 @@ impl ResilientStore {
 impl Store for ResilientStore {
     async fn purchase<'a>(&'a self, event: &'a Event) -> (StorePath, Result<Sale, StoreError>) {
         let s = &self.shared;
-        if !s.in_fallback() {
+        let mut attempts = 0;
+        while !s.in_fallback() {
+            attempts += 1;
             match s.redis.purchase(event).await {
                 Ok(sale) => return (StorePath::Redis, Ok(sale)),
                 Err(e) if e.is_outage() => s.trip(&e),
-                Err(e) => {
-                    if !matches!(e, StoreError::HeldInReserves(_)) {
-                        if let Some(held_back) = s.error_log.allow() {
-                            tracing::warn!(event = %event.id, error = %e, held_back, "purchase failed in Redis; answering 503");
+                Err(StoreError::HeldInReserves(reserved)) => {
+                    match s.end_game(event, reserved).await {
+                        EndGame::Done(path, result) => return (path, result),
+                        EndGame::Retry if attempts < 3 => continue,
+                        EndGame::Retry => {
+                            return (StorePath::Redis, Err(StoreError::HeldInReserves(reserved)))
                         }
+                    }
+                }
+                Err(e) => {
+                    if let Some(held_back) = s.error_log.allow() {
+                        tracing::warn!(event = %event.id, error = %e, held_back, "purchase failed in Redis; answering 503");
                     }
                     return (StorePath::Redis, Err(e));
                 }

@@ -66,20 +66,32 @@ pub async fn run(s: Arc<Shared>) {
             if s.stopping.load(Ordering::Acquire) {
                 return;
             }
-            let down = s.recovered();
-            match settle_all(&s, &scripts).await {
-                Ok(n) => tracing::info!(
-                    outage = ?down,
-                    reconciled = n,
-                    "REDIS IS BACK: fallback sales written to the ledger; selling from Redis again"
-                ),
+            // Everything the outage left open is closed before Redis decides again: fallback
+            // sales go into the ledger, and purchases of unknown outcome are made void (their
+            // tickets back in the pool), so no buyer is told "sold out" while tickets are in limbo.
+            let settled = match settle_all(&s, &scripts).await {
+                Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(outage = ?down, error = %e, "Redis is back but settling fallback sales failed; will retry");
-                    if e.is_outage() {
-                        s.trip(&e);
+                    if let Some(held_back) = errors.allow() {
+                        tracing::warn!(error = %e, held_back, "Redis answers again but settling fallback sales failed; staying on the fallback");
                     }
+                    continue;
                 }
+            };
+            let drain_until = Instant::now() + Duration::from_secs(5);
+            while s.redis.pending_cancels() > 0 && Instant::now() < drain_until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            if s.redis.pending_cancels() > 0 {
+                continue; // Redis not really back; probe again
+            }
+            let down = s.recovered();
+            tracing::info!(
+                outage = ?down,
+                reconciled = settled,
+                cancelled = s.redis.metrics().cancelled(),
+                "REDIS IS BACK: fallback sales written to the ledger; selling from Redis again"
+            );
             continue;
         }
         {
@@ -188,6 +200,7 @@ fn rotate(er: &EventReserve, listed: Vec<u64>) {
     let sold: HashSet<u64> = unsettled.iter().map(|s| s.ticket).collect();
     let fresh: Vec<u64> = listed.into_iter().filter(|t| !sold.contains(t)).collect();
     *er.current.write() = Arc::new(Reserve::new(fresh));
+    er.swapped.notify_waiters();
 }
 
 /// Writes every fallback sale of `er` not yet in the ledger. Returns how many were written.
@@ -275,6 +288,7 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
     )
     .await?;
     *er.current.write() = Arc::new(Reserve::empty());
+    er.swapped.notify_waiters();
     if returned > 0 {
         tracing::debug!(event = %er.event.id, returned, "reserve handed back to the pool");
     }

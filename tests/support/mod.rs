@@ -6,6 +6,8 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod http;
+pub mod ledger;
+pub mod load;
 pub mod redis;
 pub mod ticketd;
 

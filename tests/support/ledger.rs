@@ -1,0 +1,109 @@
+//! Reads an event's whole state out of the test's Redis and checks the invariants that make
+//! "never sold twice" true: every ticket in exactly one place (pool, a reserve, or the ledger),
+//! the ledger and the purchase index agreeing, the counters matching the lists.
+
+use std::collections::{HashMap, HashSet};
+
+use fred::prelude::*;
+
+/// One event as Redis holds it.
+#[derive(Debug)]
+pub struct EventState {
+    pub sold: HashMap<String, String>,
+    pub pool: Vec<String>,
+    pub reserves: HashMap<String, Vec<String>>,
+    pub reserved_counter: i64,
+}
+
+impl EventState {
+    /// Tickets held in all reserves.
+    pub fn reserved(&self) -> usize {
+        self.reserves.values().map(Vec::len).sum()
+    }
+}
+
+/// Reads event `id`.
+pub async fn read(r: &Client, id: &str) -> EventState {
+    let sold: HashMap<String, String> = r.hgetall(format!("event:{{{id}}}:sold")).await.unwrap();
+    let pool: Vec<String> = r
+        .lrange(format!("event:{{{id}}}:tickets"), 0, -1)
+        .await
+        .unwrap();
+    let keys: Vec<String> = r
+        .custom(
+            fred::cmd!("KEYS"),
+            vec![format!("event:{{{id}}}:reserve:*")],
+        )
+        .await
+        .unwrap();
+    let mut reserves = HashMap::new();
+    for k in keys {
+        let ids: Vec<String> = r.lrange(&k, 0, -1).await.unwrap();
+        reserves.insert(k, ids);
+    }
+    let reserved_counter: Option<i64> = r.get(format!("event:{{{id}}}:reserved")).await.unwrap();
+    EventState {
+        sold,
+        pool,
+        reserves,
+        reserved_counter: reserved_counter.unwrap_or(0),
+    }
+}
+
+/// Checks event `id` of `capacity` tickets against the tickets the clients received.
+/// Returns the state for further checks.
+pub async fn check(r: &Client, id: &str, capacity: u64, received: &HashSet<String>) -> EventState {
+    let s = read(r, id).await;
+    let mut everywhere: Vec<&String> = s
+        .sold
+        .keys()
+        .chain(&s.pool)
+        .chain(s.reserves.values().flatten())
+        .collect();
+    let n = everywhere.len();
+    everywhere.sort();
+    everywhere.dedup();
+    assert_eq!(
+        everywhere.len(),
+        n,
+        "event {id}: a ticket sits in two places (pool, reserves, ledger)"
+    );
+    assert_eq!(
+        n as u64,
+        capacity,
+        "event {id}: ledger {} + pool {} + reserves {} == capacity",
+        s.sold.len(),
+        s.pool.len(),
+        s.reserved()
+    );
+    assert_eq!(
+        s.reserved_counter,
+        s.reserved() as i64,
+        "event {id}: the reserved counter matches the reserve lists"
+    );
+    for t in received {
+        assert!(
+            s.sold.contains_key(t),
+            "event {id}: ticket {t} was received by a client but is not in the ledger"
+        );
+    }
+    let purchases: HashMap<String, String> = r
+        .hgetall(format!("event:{{{id}}}:purchases"))
+        .await
+        .unwrap();
+    for (ticket, record) in &s.sold {
+        let pid = record.split(' ').next().unwrap();
+        assert_eq!(
+            purchases.get(pid),
+            Some(ticket),
+            "event {id}: purchase {pid} of ticket {ticket} is indexed"
+        );
+    }
+    let sold_by_purchases = purchases.values().filter(|v| v.as_str() != "!").count();
+    assert_eq!(
+        sold_by_purchases,
+        s.sold.len(),
+        "event {id}: one purchase per sold ticket"
+    );
+    s
+}
