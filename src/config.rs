@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// last heartbeat; an instance cut off from Redis stops selling from its reserve before it.
     #[arg(long, env = "TICKETD_RESERVE_LEASE", default_value = "15s", value_parser = parse_lease)]
     pub reserve_lease: Duration,
+    /// How often to log a purchase-statistics line (sold, rate, remaining, errors, mode);
+    /// 0 turns it off.
+    #[arg(long, env = "TICKETD_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
     /// Largest request body accepted on /buy (bytes; the body is ignored).
     #[arg(long, env = "TICKETD_MAX_BODY", default_value_t = 65536)]
     pub max_body: u64,

@@ -15,6 +15,7 @@
 //!   [`store::scripts`] (the embedded Lua).
 //! - [`seed`]: building and atomically installing ticket pools; reading the catalogue.
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
+//! - [`stats`]: the periodic purchase-statistics log line.
 //! - [`telemetry`]: tracing set-up; [`throttle`]: rate-limited logging; [`shutdown`]: signals.
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod run;
 pub mod seed;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

@@ -112,7 +112,9 @@ pub async fn run(
     );
     tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
     let app = App::new(store, catalog, metrics, limits);
+    let stats = tokio::spawn(crate::stats::run(app.clone(), args.stats_interval));
     serve(listener, app.clone(), options, shutdown).await?;
+    stats.abort();
     app.store().shutdown(args.shutdown_timeout).await;
     let _ = pool.quit().await;
     Ok(())
@@ -139,16 +141,12 @@ async fn serve_memory(
             "no events configured; pass --events ID=COUNT[,...] (for example --events 1=10000)"
         );
     }
-    drop(args);
     let store = MemoryStore::new(&catalog);
     tracing::info!(%addr, store = "memory", events = catalog.len(), "ticketd is listening");
-    serve(
-        listener,
-        App::new(store, catalog, metrics, limits),
-        options,
-        shutdown,
-    )
-    .await?;
+    let app = App::new(store, catalog, metrics, limits);
+    let stats = tokio::spawn(crate::stats::run(app.clone(), args.stats_interval));
+    serve(listener, app, options, shutdown).await?;
+    stats.abort();
     Ok(())
 }
 

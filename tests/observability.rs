@@ -1,0 +1,292 @@
+//! What operators see: the live scrape passes the real `promtool`, a real Prometheus server
+//! scrapes ticketd and answers queries with its numbers, and the log carries the statistics
+//! line, one WARN per Redis outage (not one per request), and parseable JSON.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use support::http::request;
+use support::redis::free_port;
+use support::{Conn, RedisServer, Ticketd, TicketdProcess};
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        found,
+        "{tool} is required for this test (Debian package prometheus; .ci/run installs it)"
+    );
+}
+
+#[tokio::test]
+async fn promtool_accepts_a_live_scrape() {
+    need("promtool");
+    let t = Ticketd::start(&["--store", "memory", "--events", "1=5,vip=2"]).await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..7 {
+        c.buy("1").await.unwrap();
+    }
+    c.send(Method::GET, "/nowhere").await.unwrap();
+    let a = c.send(Method::GET, "/metrics").await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool.stdin.take().unwrap().write_all(&a.body).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = a.text();
+    assert!(
+        text.contains("ticketd_tickets_sold_total{event=\"1\"} 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ticketd_purchases_total{event=\"1\",outcome=\"sold_out\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ticketd_tickets_remaining{event=\"vip\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ticketd_http_requests_total{route=\"not_found\",code=\"404\"} 1\n"),
+        "{text}"
+    );
+    // JSON on request, with the same numbers.
+    let j = c
+        .send_with(Method::GET, "/metrics", &[("accept", "application/json")])
+        .await
+        .unwrap();
+    assert_eq!(j.headers["content-type"], "application/json");
+    assert_eq!(j.json()["events"]["1"]["sold"], 5);
+    t.stop().await;
+}
+
+/// A real Prometheus server on loopback scrapes ticketd every second; its query API returns the
+/// sold count.
+#[tokio::test]
+async fn prometheus_scrapes_and_answers_queries() {
+    need("prometheus");
+    let t = Ticketd::start(&["--store", "memory", "--events", "1=100"]).await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..42 {
+        assert_eq!(c.buy("1").await.unwrap().status, StatusCode::OK);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ticketd\n    static_configs:\n      - targets: ['{}']\n",
+            t.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prometheus = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let query = "/api/v1/query?query=ticketd_tickets_sold_total%7Bevent%3D%221%22%7D";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut conn) = Conn::open(addr).await {
+            if let Ok(a) = conn.send(Method::GET, query).await {
+                let v = a.json();
+                if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
+                    assert_eq!(value, "42", "{v}");
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned the sold count"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    t.stop().await;
+}
+
+/// Kills the child process when dropped, also when the test fails.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn statistics_line_and_json_logs() {
+    let t = TicketdProcess::spawn(
+        &[
+            "--store",
+            "memory",
+            "--events",
+            "1=10,2=5",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "200ms",
+        ],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..3 {
+        c.buy("1").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = json_lines(&t.log_text());
+        let stats: Vec<_> = lines
+            .iter()
+            .filter(|l| l["message"] == "purchase statistics")
+            .collect();
+        if let Some(last) = stats.iter().rev().find(|l| l["sold"] == 3) {
+            assert_eq!(last["level"], "INFO");
+            assert_eq!(last["remaining"], "1=7,2=5");
+            assert_eq!(last["mode"], "memory");
+            assert!(last["rate_per_s"].is_number());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no statistics line with sold=3:\n{}",
+            t.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(json_lines(&t.log_text()).iter().any(|l| l["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("IN-MEMORY MODE")
+        && l["level"] == "WARN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_warning_per_outage_not_per_request() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let t = TicketdProcess::spawn(
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            &url,
+            "--events",
+            "1=5000",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--reserve-lease",
+            "5s",
+        ],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    support::ticketd::wait_until(
+        t.addr,
+        |a| a.json()["fallback"]["reserved"]["1"] == 200,
+        "/metrics?format=json",
+    )
+    .await;
+    redis.kill();
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..300 {
+        let a = c.buy("1").await.unwrap();
+        assert!(
+            a.status == StatusCode::OK || a.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            a.status
+        );
+    }
+    redis.start_again();
+    support::ticketd::wait_until(
+        t.addr,
+        |a| a.json()["fallback"]["active"] == false,
+        "/metrics?format=json",
+    )
+    .await;
+    let lines = json_lines(&t.log_text());
+    let down: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("REDIS FAILED")
+        })
+        .collect();
+    assert_eq!(
+        down.len(),
+        1,
+        "one WARN for the outage, not one per request:\n{}",
+        t.log_text()
+    );
+    assert_eq!(down[0]["level"], "WARN");
+    assert!(
+        down[0]["cause"].as_str().is_some(),
+        "the WARN names the cause"
+    );
+    let up: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("REDIS IS BACK")
+        })
+        .collect();
+    assert_eq!(up.len(), 1, "{}", t.log_text());
+    assert_eq!(up[0]["level"], "INFO");
+    assert_eq!(
+        up[0]["reconciled"], 200,
+        "the reserve's 200 fallback sales were written to the ledger"
+    );
+    let m = request(t.addr, Method::GET, "/metrics?format=json")
+        .await
+        .json();
+    assert_eq!(m["fallback"]["activations"], 1);
+}
