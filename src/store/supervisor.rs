@@ -317,7 +317,6 @@ async fn reap(
     )
     .await
     .map_err(|_| StoreError::Timeout(s.redis.timeout()))??;
-    let lease_ms = s.options.lease.as_millis() as i64;
     let now = crate::store::resilient::unix_ms() as i64;
     for pair in leases.chunks(2) {
         let (Some(instance), Some(score)) = (pair[0].as_string(), pair.get(1).and_then(value_i64))
@@ -335,8 +334,9 @@ async fn reap(
             *seen = (score, Instant::now());
             continue;
         }
-        // Watched unrenewed for a whole lease, and expired (with a lease of slack for clocks).
-        if seen.1.elapsed() < s.options.lease || score + lease_ms > now + lease_ms {
+        // Watched unrenewed for a whole lease, and expired (reap.lua checks the expiry again
+        // by Redis's own clock).
+        if seen.1.elapsed() < s.options.lease || score > now {
             continue;
         }
         let keys = vec![

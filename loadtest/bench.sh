@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# ticketd's benchmark in one command: what a purchase costs next to the cheapest request.
+#
+# Builds ticketd and loadtest in release mode, starts a private redis-server (a free port in a
+# temporary directory, never 6379) and measures, with the same load tester, at each connection
+# count:
+#   (1) GET /healthz                       (the HTTP floor: no store touched)
+#   (2) POST /buy/:id with --store redis   (the real purchase: one Lua script per request)
+#   (3) POST /buy/:id with --store memory
+# Every measurement gets a freshly started ticketd (and a flushed private Redis, seeded by
+# `ticketd seed` beforehand) with $TICKETS tickets, so an event never sells out while measured;
+# the peak RSS column is that ticketd's VmHWM. It prints a markdown table; the ratio column is the row's requests/s over
+# the healthz row's at the same connection count, and 2xx/s counts only successful answers
+# (a server shedding load with fast 503s has a high requests/s but a low 2xx/s). Exit status:
+# 0 when every row is clean (no sold_out, no other error, the load tester's checks passed),
+# 1 otherwise.
+#
+# Usage: bash loadtest/bench.sh
+#   DURATION=10s           measured time per row
+#   CONNECTIONS="256 2000 10000"
+#   CASES="healthz buy-redis buy-memory"   a subset re-measures only those rows
+#   TICKETS=2000000        tickets of the event per row
+#   CARGO_TARGET_DIR       honoured (default: target)
+# Needs redis-server, curl and jq. Client and server share this machine's cores, so the
+# numbers are a comparison between rows, not the server's capacity on its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-"256 2000 10000"}
+CASES=${CASES:-"healthz buy-redis buy-memory"}
+TICKETS=${TICKETS:-2000000}
+EVENT=1
+TARGET=${CARGO_TARGET_DIR:-target}
+
+for tool in redis-server redis-cli curl jq; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is needed" >&2; exit 1; }
+done
+
+echo "building ticketd and loadtest (release)..." >&2
+cargo build --release -q -p ticketd -p loadtest
+TICKETD=$TARGET/release/ticketd
+LOADTEST=$TARGET/release/loadtest
+
+WORK=$(mktemp -d -t ticketd-bench.XXXXXX)
+REDIS_PID=
+TICKETD_PID=
+
+stop_pid() { # pid: TERM, up to 5 s, then KILL
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  stop_pid "$TICKETD_PID"
+  stop_pid "$REDIS_PID"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() { # a port below the ephemeral range that nothing listens on (never 6379)
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 10000))
+    if [ "$p" != 6379 ] && port_is_free "$p"; then echo "$p"; return 0; fi
+  done
+  echo "bench.sh: no free port found" >&2
+  return 1
+}
+
+REDIS_PORT=$(free_port)
+mkdir -p "$WORK/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$WORK/redis" --maxclients 1000 >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 100); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis-server did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+
+start_ticketd() { # store: starts a fresh ticketd on a free port; sets PORT and TICKETD_PID
+  local store=$1
+  PORT=$(free_port)
+  local args=(--store "$store" --events "$EVENT=$TICKETS" --listen "127.0.0.1:$PORT")
+  if [ "$store" = redis ]; then
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    args+=(--redis-url "$REDIS_URL")
+    # Seed in a separate process, so the server's peak RSS is that of serving (seeding millions
+    # of tickets at start-up has a peak of its own). If that fails, the server seeds at start.
+    "$TICKETD" seed --redis-url "$REDIS_URL" --events "$EVENT=$TICKETS" >"$WORK/seed.log" 2>&1 ||
+      echo "bench.sh: ticketd seed failed; the server seeds at start-up (its RSS includes it)" >&2
+  fi
+  "$TICKETD" "${args[@]}" >"$WORK/ticketd-$store-$PORT.log" 2>&1 &
+  TICKETD_PID=$!
+  for _ in $(seq 300); do
+    if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+      # Ready when the event is seeded and visible.
+      local remaining
+      remaining=$(curl -sf "http://127.0.0.1:$PORT/metrics?format=json" | jq -r ".events[\"$EVENT\"].remaining // 0" 2>/dev/null || echo 0)
+      [ "${remaining:-0}" -gt 0 ] && return 0
+    fi
+    kill -0 "$TICKETD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench.sh: ticketd --store $store did not become ready:" >&2
+  tail -20 "$WORK"/ticketd-"$store"-"$PORT".log >&2
+  exit 1
+}
+
+declare -A RPS OKPS P50 P99 RSS SOLDOUT OTHER CHECK
+FAILED=0
+
+measure() { # case connections
+  local case=$1 conns=$2 store extra=() rc=0
+  case $case in
+    healthz) store=memory; extra=(--method GET --path /healthz) ;;
+    buy-redis) store=redis; extra=(--events "$EVENT" --redis-url "$REDIS_URL") ;;
+    buy-memory) store=memory; extra=(--events "$EVENT") ;;
+    *) echo "bench.sh: unknown case $case (healthz, buy-redis, buy-memory)" >&2; exit 1 ;;
+  esac
+  start_ticketd "$store"
+  echo "measuring $case at $conns connections for $DURATION (ticketd --store $store on :$PORT)..." >&2
+  "$LOADTEST" --url "http://127.0.0.1:$PORT" --connections "$conns" --duration "$DURATION" \
+    --json --no-progress "${extra[@]}" >"$WORK/out.json" 2>"$WORK/err.txt" || rc=$?
+  local key="$case/$conns"
+  RSS[$key]=$(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$TICKETD_PID/status")
+  stop_pid "$TICKETD_PID"
+  TICKETD_PID=
+  if ! jq -e . "$WORK/out.json" >/dev/null 2>&1; then
+    echo "bench.sh: loadtest failed (exit $rc):" >&2
+    cat "$WORK/err.txt" >&2
+    RPS[$key]=0; OKPS[$key]=0; P50[$key]=-; P99[$key]=-; SOLDOUT[$key]=-; OTHER[$key]=-; CHECK[$key]="exit $rc"
+    FAILED=1
+    return
+  fi
+  local j=$WORK/out.json
+  RPS[$key]=$(jq -r '.requests_per_second | floor' "$j")
+  OKPS[$key]=$(jq -r '([.status | to_entries[] | select(.key | startswith("2")) | .value] | add // 0)
+      / .elapsed_seconds | floor' "$j")
+  P50[$key]=$(jq -r '.latency_us.p50 / 1000 | . * 100 | round / 100' "$j")
+  P99[$key]=$(jq -r '.latency_us.p99 / 1000 | . * 100 | round / 100' "$j")
+  SOLDOUT[$key]=$(jq -r '.errors.sold_out // 0' "$j")
+  # Every answer that is neither a 2xx nor sold_out, plus connection errors and timeouts.
+  OTHER[$key]=$(jq -r '([.status | to_entries[] | select((.key | tonumber) >= 300) | .value] | add // 0)
+      - (.errors.sold_out // 0) + .connection_errors + .timeouts' "$j")
+  if [ "$rc" = 0 ]; then CHECK[$key]=ok; else CHECK[$key]="exit $rc"; FAILED=1; fi
+  if [ "${SOLDOUT[$key]}" != 0 ] || [ "${OTHER[$key]}" != 0 ]; then FAILED=1; fi
+  if [ "${OTHER[$key]}" != 0 ]; then
+    echo "  non-sold_out errors at $key: $(jq -c '{status, errors, connection_error_kinds, timeouts}' "$j")" >&2
+  fi
+  jq -r '.warnings[]' "$j" | sed "s|^|  warning at $key: |" >&2
+  jq -r '.failures[]' "$j" | sed "s|^|  FAILED at $key: |" >&2
+}
+
+for conns in $CONNECTIONS; do
+  for case in $CASES; do
+    measure "$case" "$conns"
+  done
+done
+
+echo
+echo "ticketd benchmark: $(nproc) cores shared by client and server, $DURATION per row, $TICKETS tickets per row"
+echo
+echo "| case | connections | requests/s | 2xx/s | p50 (ms) | p99 (ms) | server peak RSS | vs healthz | sold_out | other errors | checks |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+for case in $CASES; do
+  for conns in $CONNECTIONS; do
+    key="$case/$conns"
+    base=${RPS[healthz/$conns]:-0}
+    if [ "$base" -gt 0 ]; then
+      ratio=$(awk -v a="${RPS[$key]}" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
+    else
+      ratio=-
+    fi
+    label=$case
+    case $case in
+      healthz) label="GET /healthz" ;;
+      buy-redis) label="POST /buy/$EVENT (redis)" ;;
+      buy-memory) label="POST /buy/$EVENT (memory)" ;;
+    esac
+    echo "| $label | $conns | ${RPS[$key]} | ${OKPS[$key]} | ${P50[$key]} | ${P99[$key]} | ${RSS[$key]} | $ratio | ${SOLDOUT[$key]} | ${OTHER[$key]} | ${CHECK[$key]} |"
+  done
+done
+if [ "$FAILED" != 0 ]; then
+  echo
+  echo "Some rows are not clean (sold_out, other errors or a failed check): see above." >&2
+  exit 1
+fi
