@@ -62,11 +62,7 @@ fn purchase(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let options = RedisOptions {
-        url,
-        pool_size: 4,
-        timeout: Duration::from_secs(5),
-    };
+    let options = RedisOptions { timeout: Duration::from_secs(5), ..RedisOptions::new(url) };
     let (store, event) = rt.block_on(async {
         let pool = build_pool(&options).unwrap();
         pool.init().await.unwrap();
@@ -74,7 +70,7 @@ fn purchase(c: &mut Criterion) {
         let catalog = Catalog::new([("bench", 3_000_000)]);
         let store = Arc::new(RedisStore::new(
             pool,
-            options.timeout,
+            &options,
             Arc::new(Metrics::new()),
         ));
         (store, catalog.get("bench").unwrap())

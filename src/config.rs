@@ -67,11 +67,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKETD_STORE", value_enum, default_value_t = StoreKind::Auto)]
     pub store: StoreKind,
     /// Clients (connections) in the fred pool; each pipelines concurrent commands.
-    #[arg(long, env = "TICKETD_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "TICKETD_REDIS_POOL_SIZE", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub redis_pool_size: u16,
     /// Bound on one Redis purchase call (e.g. 250ms, 1s); past it the buyer gets 503.
     #[arg(long, env = "TICKETD_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// Purchases in flight to Redis at most (per instance); more wait in the process, so that
+    /// queueing under overload is never mistaken for a failing Redis.
+    #[arg(long, env = "TICKETD_REDIS_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub redis_max_in_flight: u32,
+    /// How long a purchase may wait for a Redis slot before it is shed with 503.
+    #[arg(long, env = "TICKETD_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
     /// How long to wait for Redis at start-up before `--store auto` falls back to memory.
     #[arg(long, env = "TICKETD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

@@ -92,6 +92,11 @@ pub mod names {
         "counter",
         "Purchases whose outcome was unknown (timeout, lost connection), made void in Redis afterwards.",
     );
+    pub const SHED: Family = (
+        "ticketd_purchases_shed_total",
+        "counter",
+        "Purchases answered 503 because no Redis slot freed up within the queue timeout (overload, not a Redis failure).",
+    );
     pub const RESERVE: Family = (
         "ticketd_fallback_reserve_tickets",
         "gauge",
@@ -348,6 +353,7 @@ pub struct Metrics {
     script_reloads: AtomicU64,
     cancelled: AtomicU64,
     settled: AtomicU64,
+    shed: AtomicU64,
     conflicts: AtomicU64,
     reaped: AtomicU64,
     start_time: f64,
@@ -375,6 +381,7 @@ impl Metrics {
             script_reloads: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             settled: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
             start_time: SystemTime::now()
@@ -494,6 +501,16 @@ impl Metrics {
     /// Purchases made void so far.
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Relaxed)
+    }
+
+    /// Counts a purchase shed for overload.
+    pub fn purchase_shed(&self) {
+        self.shed.fetch_add(1, Relaxed);
+    }
+
+    /// Purchases shed so far.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Relaxed)
     }
 
     /// Counts fallback sales written into the ledger.

@@ -203,6 +203,8 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::SCRIPT_RELOADS.0, &[], m.script_reloads());
     header(out, names::CANCELLED);
     sample(out, names::CANCELLED.0, &[], m.cancelled());
+    header(out, names::SHED);
+    sample(out, names::SHED.0, &[], m.shed());
     header(out, names::RESERVE);
     for (e, r) in s.events.iter().zip(s.reserved) {
         sample(out, names::RESERVE.0, &[("event", &e.id)], *r);
@@ -325,6 +327,8 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     num(out, m.script_reloads());
     out.extend_from_slice(br#","cancelled_purchases":"#);
     num(out, m.cancelled());
+    out.extend_from_slice(br#","shed":"#);
+    num(out, m.shed());
     out.extend_from_slice(br#","errors":{"#);
     for (i, k) in RedisErrorKind::ALL.iter().enumerate() {
         if i > 0 {

@@ -71,6 +71,8 @@ pub async fn run(
         url: args.common.redis_url.clone(),
         pool_size: usize::from(args.redis_pool_size),
         timeout: args.redis_timeout,
+        max_in_flight: args.redis_max_in_flight as usize,
+        queue_timeout: args.queue_timeout,
     };
     let pool = build_pool(&redis)?;
     pool.connect_pool();
@@ -105,7 +107,7 @@ pub async fn run(
         lease: args.reserve_lease,
     };
     let store = ResilientStore::new(
-        RedisStore::new(pool.clone(), args.redis_timeout, metrics.clone()),
+        RedisStore::new(pool.clone(), &redis, metrics.clone()),
         catalog.clone(),
         fallback,
         !connected,

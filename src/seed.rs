@@ -22,6 +22,9 @@ pub const CATALOG_KEY: &str = "events";
 /// Ticket ids per `RPUSH` while seeding.
 const BATCH: u64 = 10_000;
 
+/// `RPUSH` batches per pipelined round trip.
+const PIPELINE_BATCHES: u64 = 10;
+
 /// How long a half-built pool may linger if its seeder dies.
 const TEMP_TTL_MS: i64 = 10 * 60 * 1000;
 
@@ -81,14 +84,17 @@ pub async fn seed_event(
         "event:{{{id}}}:seed:{:016x}",
         rand::random::<u64>()
     ));
-    if capacity > 0 {
+    // Pipelines of PIPELINE_BATCHES batches each: fast, and the memory held at once stays
+    // bounded (about 100,000 ids) whatever the capacity.
+    let mut next = 1;
+    while next <= capacity {
         let pipeline = client.pipeline();
-        let mut next = 1;
-        while next <= capacity {
+        for _ in 0..PIPELINE_BATCHES {
+            if next > capacity {
+                break;
+            }
             let end = (next + BATCH - 1).min(capacity);
-            let ids: Vec<Value> = (next..=end)
-                .map(|n| Value::from(event.ticket_id(n)))
-                .collect();
+            let ids: Vec<Value> = (next..=end).map(|n| Value::from(event.ticket_id(n))).collect();
             let _: () = pipeline.rpush(temp.clone(), ids).await?;
             next = end + 1;
         }
@@ -164,9 +170,9 @@ pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
     use fred::interfaces::ClientLike;
     use std::process::ExitCode;
     let options = crate::store::redis::RedisOptions {
-        url: args.common.redis_url.clone(),
         pool_size: 1,
         timeout: std::time::Duration::from_secs(30),
+        ..crate::store::redis::RedisOptions::new(args.common.redis_url.clone())
     };
     let pool = match crate::store::redis::build_pool(&options) {
         Ok(p) => p,

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// being returned to the pool (retry shortly).
     #[error("pool empty, {0} tickets held in reserves")]
     HeldInReserves(u64),
+    /// Too many purchases waiting for Redis: shed, not a Redis failure.
+    #[error("overloaded: no Redis slot free within the queue timeout")]
+    Overloaded,
     /// Redis is failing and this instance's reserve of the event is spent (or its lease ran out).
     #[error("in fallback mode and no reserved ticket left")]
     ReserveSpent,

@@ -197,3 +197,4 @@ async fn events_seeded_elsewhere_become_sellable() {
     assert_eq!(c.buy("late").await.unwrap().json()["ticket"], "late-000001");
     t.stop().await;
 }
+

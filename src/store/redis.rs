@@ -36,6 +36,24 @@ pub struct RedisOptions {
     pub pool_size: usize,
     /// Bound on one purchase call; past it the purchase goes to the fallback and is cancelled.
     pub timeout: Duration,
+    /// Purchases in flight to Redis at most; more wait in this process, so that queueing under
+    /// overload is never mistaken for a failing Redis.
+    pub max_in_flight: usize,
+    /// How long a purchase may wait for one of those slots before it is shed with `503`.
+    pub queue_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Options for `url` with the defaults of the command line.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 2,
+            timeout: Duration::from_millis(250),
+            max_in_flight: 1024,
+            queue_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// A purchase of unknown outcome, waiting to be made void.
@@ -51,6 +69,9 @@ pub struct RedisStore {
     pool: Pool,
     purchase: LuaScript,
     timeout: Duration,
+    /// Slots for purchases in flight to Redis.
+    in_flight: tokio::sync::Semaphore,
+    queue_timeout: Duration,
     /// Random per process, so purchase ids and reserve keys of two instances never collide.
     instance: Box<str>,
     next_purchase: CachePadded<AtomicU64>,
@@ -91,7 +112,8 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
 impl RedisStore {
     /// A store on `pool` (connected or not). Spawns the cancellation task, so it must run
     /// inside a tokio runtime.
-    pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(pool: Pool, options: &RedisOptions, metrics: Arc<Metrics>) -> Self {
+        let timeout = options.timeout;
         let (tx, rx) = mpsc::unbounded_channel();
         let pending_cancels = Arc::new(AtomicU64::new(0));
         tokio::spawn(cancel_loop(
@@ -105,6 +127,8 @@ impl RedisStore {
             pool,
             purchase: LuaScript::new(PURCHASE),
             timeout,
+            in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
+            queue_timeout: options.queue_timeout,
             instance: format!("{:016x}", rand::random::<u64>()).into(),
             next_purchase: CachePadded::new(AtomicU64::new(1)),
             cancels: tx,
@@ -161,6 +185,16 @@ impl RedisStore {
     /// # Errors
     /// See [`StoreError`]; [`StoreError::is_outage`] tells a failing Redis from an answer.
     pub async fn purchase(&self, event: &Event) -> Result<Sale, StoreError> {
+        let _slot = match self.in_flight.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => match timeout(self.queue_timeout, self.in_flight.acquire()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    self.metrics.purchase_shed();
+                    return Err(StoreError::Overloaded);
+                }
+            },
+        };
         let client = self.pool.next();
         if !client.is_connected() {
             self.metrics.redis_error(RedisErrorKind::Io);
