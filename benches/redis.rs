@@ -62,17 +62,16 @@ fn purchase(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let options = RedisOptions { timeout: Duration::from_secs(5), ..RedisOptions::new(url) };
+    let options = RedisOptions {
+        timeout: Duration::from_secs(5),
+        ..RedisOptions::new(url)
+    };
     let (store, event) = rt.block_on(async {
         let pool = build_pool(&options).unwrap();
         pool.init().await.unwrap();
         seed_event(&pool, "bench", 3_000_000, false).await.unwrap();
         let catalog = Catalog::new([("bench", 3_000_000)]);
-        let store = Arc::new(RedisStore::new(
-            pool,
-            &options,
-            Arc::new(Metrics::new()),
-        ));
+        let store = Arc::new(RedisStore::new(pool, &options, Arc::new(Metrics::new())));
         (store, catalog.get("bench").unwrap())
     });
     let mut g = c.benchmark_group("redis_round_trip");

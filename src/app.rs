@@ -94,8 +94,10 @@ impl<S: Store> App<S> {
             Route::Buy(id) => self.buy(&req, id).await,
             Route::BadEventId => ApiError::BadEventId.into_response(),
             Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
-            Route::Readyz => self.readyz().await,
-            Route::Metrics => self.metrics_response(&req).await,
+            // Boxed: rare routes with kilobyte-sized Redis futures must not size the request
+            // future of every connection (see `RedisStore::purchase`).
+            Route::Readyz => Box::pin(self.readyz()).await,
+            Route::Metrics => Box::pin(self.metrics_response(&req)).await,
             Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow).into_response(),
             Route::NotFound => ApiError::NotFound.into_response(),
         };

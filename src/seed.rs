@@ -94,7 +94,9 @@ pub async fn seed_event(
                 break;
             }
             let end = (next + BATCH - 1).min(capacity);
-            let ids: Vec<Value> = (next..=end).map(|n| Value::from(event.ticket_id(n))).collect();
+            let ids: Vec<Value> = (next..=end)
+                .map(|n| Value::from(event.ticket_id(n)))
+                .collect();
             let _: () = pipeline.rpush(temp.clone(), ids).await?;
             next = end + 1;
         }

@@ -198,3 +198,34 @@ async fn events_seeded_elsewhere_become_sellable() {
     t.stop().await;
 }
 
+/// The request future is what hyper keeps per connection: it must stay small with the Redis
+/// store, or every open connection pays for the largest Redis call (design.md, Measurements).
+#[tokio::test]
+async fn request_future_stays_small() {
+    use std::sync::Arc;
+    use ticketd::store::redis::{build_pool, RedisOptions, RedisStore};
+    use ticketd::store::resilient::{FallbackOptions, ResilientStore};
+    let options = RedisOptions::new("redis://127.0.0.1:1");
+    let store = ResilientStore::new(
+        RedisStore::new(
+            build_pool(&options).unwrap(),
+            &options,
+            Arc::new(ticketd::Metrics::new()),
+        ),
+        Arc::new(ticketd::Catalog::default()),
+        FallbackOptions {
+            reserve: 0,
+            lease: std::time::Duration::from_secs(5),
+        },
+        true,
+    );
+    let app = ticketd::App::new(
+        store,
+        Arc::new(ticketd::Catalog::default()),
+        Arc::new(ticketd::Metrics::new()),
+        ticketd::Limits::default(),
+    );
+    let future = app.handle(http::Request::post("/buy/1").body(()).unwrap());
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2048, "request future is {size} bytes");
+}

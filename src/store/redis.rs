@@ -207,7 +207,11 @@ impl RedisStore {
             vec![Value::Bytes(purchase_id.clone())],
             || self.metrics.script_reloaded(),
         );
-        let result = match timeout(self.timeout, call).await {
+        // Boxed, here and only here: the call's future is kilobytes, and only the purchases
+        // holding a slot need it. Inline, it would size every request future, so every open
+        // connection (hyper keeps one slot per connection) and every purchase queued for a slot
+        // would carry it (design.md, Measurements).
+        let result = match Box::pin(timeout(self.timeout, call)).await {
             Ok(Ok(reply)) => parse_reply(event, reply),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
