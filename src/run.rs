@@ -20,6 +20,9 @@ use crate::store::redis::{build_pool, RedisOptions, RedisStore};
 use crate::store::resilient::{FallbackOptions, ResilientStore};
 use crate::store::Store;
 
+/// Bound on seeding `--events` and reading the catalogue (seeding a large event takes seconds).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -91,8 +94,16 @@ pub async fn run(
         )
         .await;
     }
+    let mut prepared = false;
     if connected {
-        prepare(&pool, &args, &catalog).await;
+        let bound = PREPARE_TIMEOUT;
+        match tokio::time::timeout(bound, prepare(&pool, &args, &catalog)).await {
+            Ok(done) => prepared = done,
+            Err(_) => tracing::warn!(
+                ?bound,
+                "seeding and loading the catalogue took too long; will retry"
+            ),
+        }
     } else {
         tracing::warn!(url = %redis.url, "cannot reach Redis; purchases answer 503 until it answers (retrying in the background)");
     }
@@ -100,7 +111,7 @@ pub async fn run(
         pool.clone(),
         catalog.clone(),
         args.clone(),
-        !connected,
+        !prepared,
     ));
     let fallback = FallbackOptions {
         reserve: args.fallback_reserve,
@@ -155,6 +166,13 @@ async fn serve_memory(
 /// Seeds the events of `--events` that Redis lacks and loads the catalogue. Failures are
 /// logged; the refresh task tries again.
 async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
+    // Load the purchase script before the first buyer, so a cold start does not answer a burst
+    // of NOSCRIPT (each recovered, but counted as reloads).
+    let purchase = crate::store::scripts::LuaScript::new(crate::store::scripts::PURCHASE);
+    if let Err(e) = purchase.load(pool.next()).await {
+        tracing::warn!(error = %e, "cannot load the purchase script; will retry");
+        return false;
+    }
     for (id, capacity) in args.events.iter() {
         match seed_event(pool, id, capacity, false).await {
             Ok(seeded) => {
@@ -194,7 +212,10 @@ async fn refresh_catalog(pool: Pool, catalog: Arc<Catalog>, args: ServeArgs, mut
             if !pool.is_connected() {
                 continue;
             }
-            if prepare(&pool, &args, &catalog).await {
+            if matches!(
+                tokio::time::timeout(PREPARE_TIMEOUT, prepare(&pool, &args, &catalog)).await,
+                Ok(true)
+            ) {
                 tracing::info!(
                     events = catalog.len(),
                     "Redis is reachable; events seeded and catalogue loaded"
@@ -203,7 +224,7 @@ async fn refresh_catalog(pool: Pool, catalog: Arc<Catalog>, args: ServeArgs, mut
             }
             continue;
         }
-        if let Ok(events) = load_catalog(&pool).await {
+        if let Ok(Ok(events)) = tokio::time::timeout(PREPARE_TIMEOUT, load_catalog(&pool)).await {
             for (id, capacity) in events {
                 if catalog.upsert(&id, capacity).1 {
                     tracing::info!(event = %id, capacity, "event added to the catalogue");

@@ -179,13 +179,12 @@ impl Shared {
     /// one of ours and sold, or ask the buyer to retry while other instances hand theirs back.
     /// While our own reserve is being handed back, waits (bounded) for that and says so.
     async fn end_game(&self, event: &Event, reserved: u64) -> EndGame {
-        let held = EndGame::Done(StorePath::Redis, Err(StoreError::HeldInReserves(reserved)));
         let Some(er) = self.reserves.read().get(&*event.id).cloned() else {
-            return held;
+            return EndGame::Retry;
         };
         let swapped = er.swapped.notified();
         let Some((reserve, ours)) = self.usable_reserve(&er) else {
-            return held;
+            return EndGame::Retry;
         };
         if let Some(ticket) = reserve.take(self.redis.next_purchase(), unix_ms()) {
             self.wake.notify_one(); // settle soon
@@ -204,7 +203,9 @@ impl Shared {
         if reserved <= ours {
             EndGame::Done(StorePath::Redis, Ok(Sale::SoldOut))
         } else {
-            held
+            // Other reserves hold tickets, or ours was handed back since Redis answered: ask
+            // again (the caller bounds the attempts, then answers 503).
+            EndGame::Retry
         }
     }
 }
