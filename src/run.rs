@@ -84,7 +84,7 @@ pub async fn run(
         Ok(Ok(()))
     );
     if !connected && args.store == StoreKind::Auto {
-        let _ = pool.quit().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
         let why = format!(
             "Redis at {} did not answer within {:?}",
             redis.url, args.connect_timeout
@@ -129,7 +129,7 @@ pub async fn run(
     serve(listener, app.clone(), options, shutdown).await?;
     stats.abort();
     app.store().shutdown(args.shutdown_timeout).await;
-    let _ = pool.quit().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
     Ok(())
 }
 

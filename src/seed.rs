@@ -206,6 +206,6 @@ pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
             }
         }
     }
-    let _ = pool.quit().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
     code
 }

@@ -84,11 +84,15 @@ impl Drop for Ticketd {
 pub async fn wait_until(addr: SocketAddr, ok: impl Fn(&super::Answer) -> bool, path: &str) {
     let deadline = Instant::now() + super::WAIT;
     loop {
-        if let Ok(mut c) = super::Conn::open(addr).await {
-            if let Ok(a) = c.send(Method::GET, path).await {
-                if ok(&a) {
-                    return;
-                }
+        let attempt = async {
+            let mut c = super::Conn::open(addr).await.ok()?;
+            c.send(Method::GET, path).await.ok()
+        };
+        // Each attempt is bounded too: a server that accepted but never answers must fail the
+        // test, not hang it.
+        if let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            if ok(&a) {
+                return;
             }
         }
         assert!(
