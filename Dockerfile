@@ -24,6 +24,8 @@ RUN mkdir -p src benches loadtest/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && echo 'fn main() {}' > benches/hot_path.rs \
+ && echo 'fn main() {}' > benches/metrics.rs \
+ && echo 'fn main() {}' > benches/redis.rs \
  && echo 'fn main() {}' > loadtest/src/main.rs \
  && cargo build --locked --release --workspace --bin ticketd --bin loadtest \
  && rm -rf src benches loadtest/src
