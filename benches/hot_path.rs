@@ -4,9 +4,11 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+mod common;
+use common::contended;
 use http::{Method, Request};
 use ticketd::catalog::Catalog;
 use ticketd::response::sale_body;
@@ -48,28 +50,6 @@ fn response(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// `threads` threads each doing `per_thread` operations; returns the wall time.
-fn contended(threads: usize, per_thread: u64, op: Arc<dyn Fn() + Send + Sync>) -> Duration {
-    let start = Arc::new(std::sync::Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (start, op) = (start.clone(), op.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                for _ in 0..per_thread {
-                    op();
-                }
-            })
-        })
-        .collect();
-    start.wait();
-    let t = Instant::now();
-    for h in handles {
-        h.join().unwrap();
-    }
-    t.elapsed()
 }
 
 fn memory_store(c: &mut Criterion) {

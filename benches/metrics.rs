@@ -4,9 +4,12 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+mod common;
+use common::contended;
 use ticketd::catalog::Catalog;
 use ticketd::metrics::{Metrics, Outcome, StorePath};
 use ticketd::metrics_render::{render_json, render_text, Snapshot};
@@ -56,27 +59,6 @@ fn scrape(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn contended(threads: usize, per_thread: u64, op: Arc<dyn Fn() + Send + Sync>) -> Duration {
-    let start = Arc::new(std::sync::Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (start, op) = (start.clone(), op.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                for _ in 0..per_thread {
-                    op();
-                }
-            })
-        })
-        .collect();
-    start.wait();
-    let t = Instant::now();
-    for h in handles {
-        h.join().unwrap();
-    }
-    t.elapsed()
 }
 
 fn counters(c: &mut Criterion) {

@@ -17,10 +17,9 @@ pub const INSTALL: &str = include_str!("../../lua/install.lua");
 pub const CLAIM: &str = include_str!("../../lua/claim.lua");
 /// `lua/settle.lua`: writes fallback sales into the ledger, idempotently.
 pub const SETTLE: &str = include_str!("../../lua/settle.lua");
-/// `lua/release.lua`: hands an instance's reserve back to the pool.
+/// `lua/release.lua`: hands an instance's reserve back to the pool (its own, or an expired
+/// one's).
 pub const RELEASE: &str = include_str!("../../lua/release.lua");
-/// `lua/reap.lua`: returns an expired (crashed) instance's reserve to the pool.
-pub const REAP: &str = include_str!("../../lua/reap.lua");
 
 /// A script and its SHA-1, computed once.
 #[derive(Debug, Clone)]

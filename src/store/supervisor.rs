@@ -15,7 +15,7 @@ use fred::types::Value;
 use crate::event::Event;
 use crate::store::reserve::{FallbackSale, Reserve};
 use crate::store::resilient::{EventReserve, Shared};
-use crate::store::scripts::{LuaScript, CLAIM, REAP, RELEASE, SETTLE};
+use crate::store::scripts::{LuaScript, CLAIM, RELEASE, SETTLE};
 use crate::store::StoreError;
 
 /// Sales per settle call (three arguments each).
@@ -25,7 +25,6 @@ struct Scripts {
     claim: LuaScript,
     settle: LuaScript,
     release: LuaScript,
-    reap: LuaScript,
 }
 
 impl Scripts {
@@ -34,7 +33,6 @@ impl Scripts {
             claim: LuaScript::new(CLAIM),
             settle: LuaScript::new(SETTLE),
             release: LuaScript::new(RELEASE),
-            reap: LuaScript::new(REAP),
         }
     }
 }
@@ -334,7 +332,7 @@ async fn reap(
             *seen = (score, Instant::now());
             continue;
         }
-        // Watched unrenewed for a whole lease, and expired (reap.lua checks the expiry again
+        // Watched unrenewed for a whole lease, and expired (release.lua checks the expiry again
         // by Redis's own clock).
         if seen.1.elapsed() < s.options.lease || score > now {
             continue;
@@ -347,7 +345,7 @@ async fn reap(
         ];
         let returned: i64 = call(
             s,
-            &scripts.reap,
+            &scripts.release,
             keys,
             vec![Value::from(instance.as_str()), Value::Integer(score)],
         )
