@@ -96,18 +96,7 @@ fn check(answers: &[(String, StatusCode, Option<String>)]) -> HashMap<String, Ha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ticket_twice_on_redis_under_2000_connections() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let t = Ticketd::start(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--events",
-        &events_flag(),
-        "--redis-timeout",
-        "5s",
-    ])
-    .await;
+    let t = Ticketd::on_redis(&redis, &events_flag(), &["--redis-timeout", "5s"]).await;
     t.wait_ready().await;
     let answers = storm(t.addr).await;
     let sold = check(&answers);

@@ -29,21 +29,18 @@ fn event_ids() -> Vec<String> {
 }
 
 async fn start(redis: &RedisServer, reserve: &str) -> Ticketd {
-    let url = redis.url();
-    let t = Ticketd::start(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--events",
+    let t = Ticketd::on_redis(
+        redis,
         &events_flag(),
-        "--fallback-reserve",
-        reserve,
-        "--reserve-lease",
-        "3s",
-        "--redis-timeout",
-        "250ms",
-    ])
+        &[
+            "--fallback-reserve",
+            reserve,
+            "--reserve-lease",
+            "3s",
+            "--redis-timeout",
+            "250ms",
+        ],
+    )
     .await;
     t.wait_ready().await;
     // Reserves claimed for every event before the load starts.
@@ -293,21 +290,18 @@ async fn no_redis_at_start_runs_standalone_and_sells_exactly_the_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_falls_back_within_the_timeout() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let t = Ticketd::start(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--events",
+    let t = Ticketd::on_redis(
+        &redis,
         "s=2000",
-        "--fallback-reserve",
-        "200",
-        "--reserve-lease",
-        "5s",
-        "--redis-timeout",
-        "200ms",
-    ])
+        &[
+            "--fallback-reserve",
+            "200",
+            "--reserve-lease",
+            "5s",
+            "--redis-timeout",
+            "200ms",
+        ],
+    )
     .await;
     t.wait_ready().await;
     t.wait_until(

@@ -8,8 +8,7 @@ use hyper::{Method, StatusCode};
 use support::{Conn, RedisServer, Ticketd};
 
 async fn start(redis: &RedisServer, events: &str) -> Ticketd {
-    let url = redis.url();
-    let t = Ticketd::start(&["--store", "redis", "--redis-url", &url, "--events", events]).await;
+    let t = Ticketd::on_redis(redis, events, &[]).await;
     t.wait_ready().await;
     t
 }
@@ -196,17 +195,7 @@ async fn redis_restart_between_purchases_fails_nothing() {
 async fn events_seeded_elsewhere_become_sellable() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let t = Ticketd::start(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--events",
-        "1=1",
-        "--catalog-refresh",
-        "100ms",
-    ])
-    .await;
+    let t = Ticketd::on_redis(&redis, "1=1", &["--catalog-refresh", "100ms"]).await;
     t.wait_ready().await;
     let mut c = Conn::open(t.addr).await.unwrap();
     assert_eq!(c.buy("late").await.unwrap().status, StatusCode::NOT_FOUND);

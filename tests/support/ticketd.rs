@@ -43,6 +43,14 @@ impl Ticketd {
         t
     }
 
+    /// Starts ticketd on `redis` (`--store redis`) selling `events`, with `extra` flags.
+    pub async fn on_redis(redis: &super::RedisServer, events: &str, extra: &[&str]) -> Self {
+        let url = redis.url();
+        let mut args = vec!["--store", "redis", "--redis-url", &url, "--events", events];
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
     /// Polls `path` until `ok` holds.
     pub async fn wait_until(&self, ok: impl Fn(&super::Answer) -> bool, path: &str) {
         wait_until(self.addr, ok, path).await;
