@@ -30,6 +30,13 @@ pub enum EventIdError {
 
 /// Checks an event id: 1 to 64 characters of `[A-Za-z0-9_-]`.
 ///
+/// ```
+/// use ticketd::event::{validate_event_id, EventIdError};
+/// assert_eq!(validate_event_id("spring_gala-2027"), Ok(()));
+/// assert_eq!(validate_event_id("a{b}"), Err(EventIdError::BadChar));
+/// assert_eq!(validate_event_id(""), Err(EventIdError::Empty));
+/// ```
+///
 /// # Errors
 /// The first rule the id breaks.
 pub fn validate_event_id(id: &str) -> Result<(), EventIdError> {
@@ -140,6 +147,12 @@ impl Event {
 
     /// The id of ticket `number` as a string (seeding and tests; the hot path uses
     /// [`Event::write_ticket_id`]).
+    ///
+    /// ```
+    /// let event = ticketd::event::Event::new("1", 10_000, 0);
+    /// assert_eq!(event.ticket_id(42), "1-000042");
+    /// assert_eq!(event.parse_ticket_id(b"1-000042"), Some(42));
+    /// ```
     pub fn ticket_id(&self, number: u64) -> String {
         let mut out = Vec::with_capacity(self.id.len() + 1 + self.digits);
         self.write_ticket_id(number, &mut out);

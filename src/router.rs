@@ -41,6 +41,14 @@ impl Route<'_> {
 }
 
 /// Routes `method` and `path` (the path without its query string).
+///
+/// ```
+/// use http::Method;
+/// use ticketd::router::{route, Route};
+/// assert_eq!(route(&Method::POST, "/buy/1"), Route::Buy("1"));
+/// assert_eq!(route(&Method::POST, "/buy/%7B1%7D"), Route::BadEventId);
+/// assert_eq!(route(&Method::GET, "/buy/1"), Route::MethodNotAllowed("POST"));
+/// ```
 pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     if let Some(id) = path.strip_prefix("/buy/") {
         if method != Method::POST {
