@@ -17,11 +17,7 @@ const PER_CONNECTION: usize = 4;
 const EVENTS: [(&str, u64); 4] = [("1", 1700), ("2", 1500), ("3", 1200), ("4", 600)];
 
 fn events_flag() -> String {
-    EVENTS
-        .iter()
-        .map(|(id, n)| format!("{id}={n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    support::events_flag(&EVENTS)
 }
 
 /// Every answer: (event, status, ticket id if sold).

@@ -17,11 +17,7 @@ use support::{ledger, Conn, RedisServer, Ticketd, TicketdProcess};
 const EVENTS: [(&str, u64); 4] = [("a", 1500), ("b", 1500), ("c", 1000), ("d", 1000)];
 
 fn events_flag() -> String {
-    EVENTS
-        .iter()
-        .map(|(id, n)| format!("{id}={n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    support::events_flag(&EVENTS)
 }
 
 fn event_ids() -> Vec<String> {

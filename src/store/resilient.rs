@@ -152,7 +152,7 @@ impl Shared {
         let Some(er) = self.reserves.read().get(&*event.id).cloned() else {
             return Err(StoreError::ReserveSpent);
         };
-        let (reserve, _) = self.usable_reserve(&er).ok_or(StoreError::ReserveSpent)?;
+        let reserve = self.usable_reserve(&er).ok_or(StoreError::ReserveSpent)?;
         let ticket = reserve
             .take(self.redis.next_purchase(), unix_ms())
             .ok_or(StoreError::ReserveSpent)?;
@@ -162,16 +162,13 @@ impl Shared {
         })
     }
 
-    /// The current reserve of `er`, if the lease still covers selling from it, with how many of
-    /// its tickets Redis still counts as reserved (held in the list or sold but not settled).
-    fn usable_reserve(&self, er: &EventReserve) -> Option<(Arc<Reserve>, u64)> {
+    /// The current reserve of `er`, if the lease still covers selling from it.
+    fn usable_reserve(&self, er: &EventReserve) -> Option<Arc<Reserve>> {
         if self.now_ms() >= er.sell_until_ms.load(Ordering::Acquire) {
             // The lease may have run out: the reserve may already be back in the pool.
             return None;
         }
-        let reserve = er.current.read().clone();
-        let counted = reserve.held_in_redis() + er.unsettled.lock().len() as u64;
-        Some((reserve, counted))
+        Some(er.current.read().clone())
     }
 
     /// The pool is empty and reserves hold `reserved` tickets: sell from this instance's own
@@ -183,9 +180,12 @@ impl Shared {
             return EndGame::Retry;
         };
         let swapped = er.swapped.notified();
-        let Some((reserve, ours)) = self.usable_reserve(&er) else {
+        let Some(reserve) = self.usable_reserve(&er) else {
             return EndGame::Retry;
         };
+        // Our tickets that Redis still counts as reserved: held in the list, or sold and not
+        // yet settled. Read only here, at the end of a sale, never on the fallback path.
+        let ours = reserve.held_in_redis() + er.unsettled.lock().len() as u64;
         if let Some(ticket) = reserve.take(self.redis.next_purchase(), unix_ms()) {
             self.wake.notify_one(); // settle soon
             let remaining = reserved.saturating_sub(1);

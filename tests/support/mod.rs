@@ -17,3 +17,12 @@ pub use self::ticketd::{Ticketd, TicketdProcess};
 
 /// Bounds every wait in the harness, so a broken test fails instead of hanging.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `--events` for `events`: `ID=COUNT,ID=COUNT...`.
+pub fn events_flag(events: &[(&str, u64)]) -> String {
+    events
+        .iter()
+        .map(|(id, n)| format!("{id}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
