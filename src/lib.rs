@@ -11,7 +11,8 @@
 //! - [`error`]: the client-visible errors and their HTTP mapping, in one place.
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
-//! - [`store`]: the `Store` trait; [`store::redis`], [`store::memory`], [`store::cursor`],
+//! - [`store`]: the `Store` trait; [`store::redis`], [`store::batch`] (purchases grouped into
+//!   one script call), [`store::memory`], [`store::cursor`],
 //!   [`store::scripts`] (the embedded Lua).
 //! - [`seed`]: building and atomically installing ticket pools; reading the catalogue.
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.

@@ -87,6 +87,11 @@ pub mod names {
         "counter",
         "Times a Lua script was loaded again after NOSCRIPT (Redis restarted or SCRIPT FLUSH).",
     );
+    pub const BATCHES: Family = (
+        "ticketd_redis_purchase_batches_total",
+        "counter",
+        "Purchase script calls sent to Redis; each carries the waiting purchases of one event (Redis purchases / batches = mean batch size).",
+    );
     pub const CANCELLED: Family = (
         "ticketd_purchases_cancelled_total",
         "counter",
@@ -351,6 +356,7 @@ pub struct Metrics {
     fallback_mode: AtomicU64,
     redis_errors: [AtomicU64; 5],
     script_reloads: AtomicU64,
+    batches: CachePadded<AtomicU64>,
     cancelled: AtomicU64,
     settled: AtomicU64,
     shed: AtomicU64,
@@ -379,6 +385,7 @@ impl Metrics {
             fallback_mode: AtomicU64::new(0),
             redis_errors: Default::default(),
             script_reloads: AtomicU64::new(0),
+            batches: Default::default(),
             cancelled: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             shed: AtomicU64::new(0),
@@ -481,6 +488,16 @@ impl Metrics {
     /// Failed Redis calls of `kind`.
     pub fn redis_errors(&self, kind: RedisErrorKind) -> u64 {
         self.redis_errors[kind as usize].load(Relaxed)
+    }
+
+    /// Counts one purchase script call (a batch of purchases of one event).
+    pub fn redis_batch(&self) {
+        self.batches.fetch_add(1, Relaxed);
+    }
+
+    /// Purchase script calls so far.
+    pub fn redis_batches(&self) -> u64 {
+        self.batches.load(Relaxed)
     }
 
     /// Counts a script reload after NOSCRIPT.

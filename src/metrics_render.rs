@@ -201,6 +201,8 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     }
     header(out, names::SCRIPT_RELOADS);
     sample(out, names::SCRIPT_RELOADS.0, &[], m.script_reloads());
+    header(out, names::BATCHES);
+    sample(out, names::BATCHES.0, &[], m.redis_batches());
     header(out, names::CANCELLED);
     sample(out, names::CANCELLED.0, &[], m.cancelled());
     header(out, names::SHED);
@@ -325,6 +327,8 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     out.push(b'}');
     out.extend_from_slice(br#"},"redis":{"script_reloads":"#);
     num(out, m.script_reloads());
+    out.extend_from_slice(br#","purchase_batches":"#);
+    num(out, m.redis_batches());
     out.extend_from_slice(br#","cancelled_purchases":"#);
     num(out, m.cancelled());
     out.extend_from_slice(br#","shed":"#);

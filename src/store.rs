@@ -4,6 +4,7 @@
 //!
 //! The HTTP layer only sees [`Store`]; which store runs is decided once at start-up.
 
+pub mod batch;
 pub mod cursor;
 pub mod memory;
 pub mod redis;
@@ -34,7 +35,7 @@ pub enum Sale {
 }
 
 /// Why a store could not decide.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// No answer within the bound; the outcome is unknown until reconciled.
     #[error("no answer from Redis within {0:?}")]
@@ -75,7 +76,7 @@ pub trait Store: Send + Sync + 'static {
     /// Sells one ticket of `event`. Returns the path that decided, and the decision.
     fn purchase<'a>(
         &'a self,
-        event: &'a Event,
+        event: &'a Arc<Event>,
     ) -> impl Future<Output = (StorePath, Result<Sale, StoreError>)> + Send + 'a;
 
     /// Unsold tickets of each of `events`, in order, read in one round trip.
@@ -120,5 +121,11 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+
+    /// Whether a purchase that failed this way may still have taken a ticket in Redis (the call
+    /// may have run, or its reply was not understood): such a purchase must be made void.
+    pub fn outcome_unknown(&self) -> bool {
+        self.is_outage() || matches!(self, StoreError::Redis(_) | StoreError::Protocol(_))
     }
 }

@@ -50,7 +50,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    async fn purchase<'a>(&'a self, event: &'a Event) -> (StorePath, Result<Sale, StoreError>) {
+    async fn purchase<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
         (StorePath::Memory, self.sell(event))
     }
 

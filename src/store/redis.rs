@@ -1,5 +1,6 @@
-//! The Redis path: one Lua script per purchase, run with EVALSHA on a fred [`Pool`] whose
-//! clients pipeline concurrent commands on their connections.
+//! The Redis path: the purchase Lua script run with EVALSHA on a fred [`Pool`] whose clients
+//! pipeline concurrent commands on their connections; concurrent purchases of one event share
+//! one script call ([`crate::store::batch`]).
 //!
 //! Every purchase carries a purchase id unique to this process and request. The script checks it
 //! first, so a call that fred re-sends after a reconnect returns the ticket it already sold
@@ -19,12 +20,13 @@ use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, UnresponsiveConfig};
 use fred::types::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
 use crate::event::{Event, EventKeys};
 use crate::metrics::{Metrics, RedisErrorKind};
-use crate::store::scripts::{LuaScript, CANCEL, PURCHASE};
+use crate::store::batch::{Batcher, Order};
+use crate::store::scripts::{LuaScript, CANCEL};
 use crate::store::{Sale, StoreError};
 
 /// How to reach Redis.
@@ -63,11 +65,31 @@ struct PendingCancel {
     purchase_id: Bytes,
 }
 
+/// The queue of purchases to make void, and how many wait in it. Cloned into every place that
+/// can learn that a purchase's outcome is unknown.
+#[derive(Debug, Clone)]
+pub struct Cancels {
+    tx: mpsc::UnboundedSender<PendingCancel>,
+    pending: Arc<AtomicU64>,
+}
+
+impl Cancels {
+    /// Queues purchase `purchase_id` of `event` for cancellation.
+    pub fn queue(&self, event: &Event, purchase_id: Bytes) {
+        self.pending.fetch_add(1, Relaxed);
+        let _ = self.tx.send(PendingCancel {
+            keys: event.keys.clone(),
+            purchase_id,
+        });
+    }
+}
+
 /// Tickets in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
     pool: Pool,
-    purchase: LuaScript,
+    /// Gathers concurrent purchases into one script call per event.
+    batcher: Batcher,
     timeout: Duration,
     /// Slots for purchases in flight to Redis.
     in_flight: tokio::sync::Semaphore,
@@ -75,9 +97,8 @@ pub struct RedisStore {
     /// Random per process, so purchase ids and reserve keys of two instances never collide.
     instance: Box<str>,
     next_purchase: CachePadded<AtomicU64>,
-    cancels: mpsc::UnboundedSender<PendingCancel>,
     /// Purchases queued for cancellation and not yet made void.
-    pending_cancels: Arc<AtomicU64>,
+    cancels: Cancels,
     metrics: Arc<Metrics>,
 }
 
@@ -113,29 +134,31 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
 }
 
 impl RedisStore {
-    /// A store on `pool` (connected or not). Spawns the cancellation task, so it must run
-    /// inside a tokio runtime.
+    /// A store on `pool` (connected or not). Spawns the cancellation task and the purchase
+    /// batchers, so it must run inside a tokio runtime.
     pub fn new(pool: Pool, options: &RedisOptions, metrics: Arc<Metrics>) -> Self {
         let timeout = options.timeout;
         let (tx, rx) = mpsc::unbounded_channel();
-        let pending_cancels = Arc::new(AtomicU64::new(0));
+        let cancels = Cancels {
+            tx,
+            pending: Arc::new(AtomicU64::new(0)),
+        };
         tokio::spawn(cancel_loop(
             pool.clone(),
             rx,
             metrics.clone(),
             timeout,
-            pending_cancels.clone(),
+            cancels.pending.clone(),
         ));
         Self {
+            batcher: Batcher::start(&pool, timeout, metrics.clone(), cancels.clone()),
             pool,
-            purchase: LuaScript::new(PURCHASE),
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
             instance: format!("{:016x}", rand::random::<u64>()).into(),
             next_purchase: CachePadded::new(AtomicU64::new(1)),
-            cancels: tx,
-            pending_cancels,
+            cancels,
             metrics,
         }
     }
@@ -143,7 +166,7 @@ impl RedisStore {
     /// Purchases of unknown outcome not yet made void. Their tickets may still come back to the
     /// pool, so the fallback stays on (no "sold out" from Redis) until this is 0.
     pub fn pending_cancels(&self) -> u64 {
-        self.pending_cancels.load(Relaxed)
+        self.cancels.pending.load(Relaxed)
     }
 
     /// The pool.
@@ -182,12 +205,13 @@ impl RedisStore {
         Bytes::from(id)
     }
 
-    /// Sells one ticket of `event` with the purchase script, within the timeout. A failure is
-    /// counted; one whose outcome is unknown is queued for cancellation.
+    /// Sells one ticket of `event` with the purchase script: the purchase joins the next batch
+    /// of its event ([`Batcher`]), which runs within the timeout. A failure is counted; one whose
+    /// outcome is unknown has been queued for cancellation by the batcher.
     ///
     /// # Errors
     /// See [`StoreError`]; [`StoreError::is_outage`] tells a failing Redis from an answer.
-    pub async fn purchase(&self, event: &Event) -> Result<Sale, StoreError> {
+    pub async fn purchase(&self, event: &Arc<Event>) -> Result<Sale, StoreError> {
         let _slot = match self.in_flight.try_acquire() {
             Ok(slot) => slot,
             Err(_) => match timeout(self.queue_timeout, self.in_flight.acquire()).await {
@@ -198,38 +222,26 @@ impl RedisStore {
                 }
             },
         };
-        let client = self.pool.next();
-        if !client.is_connected() {
-            self.metrics.redis_error(RedisErrorKind::Io);
-            return Err(StoreError::NotConnected);
-        }
-        let purchase_id = self.purchase_id(self.next_purchase());
-        let call = self.purchase.run::<Value>(
-            client,
-            event.keys.script_keys(),
-            vec![Value::Bytes(purchase_id.clone())],
-            || self.metrics.script_reloaded(),
-        );
-        // Boxed, here and only here: the call's future is kilobytes, and only the purchases
-        // holding a slot need it. Inline, it would size every request future, so every open
-        // connection (hyper keeps one slot per connection) and every purchase queued for a slot
-        // would carry it (design.md, Measurements).
-        let result = match Box::pin(timeout(self.timeout, call)).await {
-            Ok(Ok(reply)) => parse_reply(event, reply),
-            Ok(Err(e)) => Err(StoreError::Redis(e)),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        let id = self.purchase_id(self.next_purchase());
+        let (reply, answer) = oneshot::channel();
+        let order = Order {
+            event: event.clone(),
+            id: id.clone(),
+            reply,
+        };
+        let result = match self.batcher.submit(order) {
+            // The batcher answers every order within the timeout: no timer here.
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                // The batcher stopped mid-round (the runtime is going down): the call may
+                // have run.
+                self.cancels.queue(event, id);
+                Err(StoreError::Protocol("purchase batcher stopped".into()))
+            }),
+            Err(_) => Err(StoreError::NotConnected),
         };
         if let Err(e) = &result {
             if !matches!(e, StoreError::HeldInReserves(_)) {
                 self.metrics.redis_error(error_kind(e));
-            }
-            // Anything but a clear answer may have sold a ticket the buyer will never receive.
-            if e.is_outage() || matches!(e, StoreError::Redis(_) | StoreError::Protocol(_)) {
-                self.pending_cancels.fetch_add(1, Relaxed);
-                let _ = self.cancels.send(PendingCancel {
-                    keys: event.keys.clone(),
-                    purchase_id,
-                });
             }
         }
         result
@@ -267,25 +279,30 @@ impl RedisStore {
     }
 }
 
-/// Reads the script's `{status, ticket, unsold}`.
-fn parse_reply(event: &Event, reply: Value) -> Result<Sale, StoreError> {
+/// Reads one purchase's `(status, ticket, count)` of the script's reply (see `lua/purchase.lua`).
+///
+/// # Errors
+/// What the status means when no ticket was sold, or [`StoreError::Protocol`] for a reply the
+/// script never gives.
+pub fn parse_status(
+    event: &Event,
+    status: i64,
+    ticket: &Value,
+    count: u64,
+) -> Result<Sale, StoreError> {
     let bad = |why: &str| StoreError::Protocol(format!("{why} in purchase reply"));
-    let Value::Array(items) = reply else {
-        return Err(bad("no array"));
-    };
-    let [status, ticket, remaining] =
-        <[Value; 3]>::try_from(items).map_err(|_| bad("wrong length"))?;
-    let status = status.as_i64().ok_or_else(|| bad("no status"))?;
-    let remaining = remaining.as_u64().ok_or_else(|| bad("no count"))?;
     match status {
         1 | 2 => {
             let id = ticket.as_bytes().ok_or_else(|| bad("no ticket"))?;
             let ticket = event
                 .parse_ticket_id(id)
                 .ok_or_else(|| bad("foreign ticket id"))?;
-            Ok(Sale::Sold { ticket, remaining })
+            Ok(Sale::Sold {
+                ticket,
+                remaining: count,
+            })
         }
-        0 if remaining > 0 => Err(StoreError::HeldInReserves(remaining)),
+        0 if count > 0 => Err(StoreError::HeldInReserves(count)),
         0 => Ok(Sale::SoldOut),
         -1 => Err(StoreError::Cancelled),
         -2 => Err(StoreError::MissingInRedis),
@@ -376,50 +393,44 @@ async fn cancel_loop(
 mod tests {
     use super::*;
 
-    fn reply(status: i64, ticket: &str, remaining: i64) -> Value {
-        Value::Array(vec![
-            Value::Integer(status),
-            Value::String(ticket.into()),
-            Value::Integer(remaining),
-        ])
+    fn one(e: &Event, status: i64, ticket: &str, count: u64) -> Result<Sale, StoreError> {
+        parse_status(e, status, &Value::String(ticket.into()), count)
     }
 
     #[test]
-    fn replies_parse() {
+    fn statuses_parse() {
         let e = Event::new("7", 100, 0);
         assert_eq!(
-            parse_reply(&e, reply(1, "7-000042", 58)).unwrap(),
+            one(&e, 1, "7-000042", 58).unwrap(),
             Sale::Sold {
                 ticket: 42,
                 remaining: 58
             }
         );
         assert_eq!(
-            parse_reply(&e, reply(2, "7-000042", 3)).unwrap(),
+            one(&e, 2, "7-000042", 3).unwrap(),
             Sale::Sold {
                 ticket: 42,
                 remaining: 3
             }
         );
-        assert_eq!(parse_reply(&e, reply(0, "", 0)).unwrap(), Sale::SoldOut);
+        assert_eq!(one(&e, 0, "", 0).unwrap(), Sale::SoldOut);
         assert!(matches!(
-            parse_reply(&e, reply(0, "", 5)),
+            one(&e, 0, "", 5),
             Err(StoreError::HeldInReserves(5))
         ));
+        assert!(matches!(one(&e, -1, "", 0), Err(StoreError::Cancelled)));
         assert!(matches!(
-            parse_reply(&e, reply(-1, "", 0)),
-            Err(StoreError::Cancelled)
-        ));
-        assert!(matches!(
-            parse_reply(&e, reply(-2, "", 0)),
+            one(&e, -2, "", 0),
             Err(StoreError::MissingInRedis)
         ));
         assert!(matches!(
-            parse_reply(&e, reply(1, "8-000001", 0)),
+            one(&e, 1, "8-000001", 0),
             Err(StoreError::Protocol(_))
         ));
+        assert!(matches!(one(&e, 7, "", 0), Err(StoreError::Protocol(_))));
         assert!(matches!(
-            parse_reply(&e, Value::Null),
+            parse_status(&e, 1, &Value::Null, 0),
             Err(StoreError::Protocol(_))
         ));
     }

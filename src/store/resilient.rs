@@ -267,7 +267,10 @@ impl ResilientStore {
 }
 
 impl Store for ResilientStore {
-    async fn purchase<'a>(&'a self, event: &'a Event) -> (StorePath, Result<Sale, StoreError>) {
+    async fn purchase<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
         let s = &self.shared;
         let mut attempts = 0;
         while !s.in_fallback() {
