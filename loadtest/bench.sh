@@ -21,6 +21,8 @@
 #   CASES="healthz buy-redis buy-memory"   a subset re-measures only those rows
 #   TICKETS=2000000        tickets of the event per row
 #   CARGO_TARGET_DIR       honoured (default: target)
+#   TICKETD_BIN, LOADTEST_BIN   measure these binaries instead of building (before/after runs)
+#   Any TICKETD_* setting (for example TICKETD_REDIS_POOL_SIZE) reaches the server.
 # Needs redis-server, curl and jq. Client and server share this machine's cores, so the
 # numbers are a comparison between rows, not the server's capacity on its own.
 set -euo pipefail
@@ -37,10 +39,12 @@ for tool in redis-server redis-cli curl jq; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is needed" >&2; exit 1; }
 done
 
-echo "building ticketd and loadtest (release)..." >&2
-cargo build --release -q -p ticketd -p loadtest
-TICKETD=$TARGET/release/ticketd
-LOADTEST=$TARGET/release/loadtest
+if [ -z "${TICKETD_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
+  echo "building ticketd and loadtest (release)..." >&2
+  cargo build --release -q -p ticketd -p loadtest
+fi
+TICKETD=${TICKETD_BIN:-$TARGET/release/ticketd}
+LOADTEST=${LOADTEST_BIN:-$TARGET/release/loadtest}
 
 WORK=$(mktemp -d -t ticketd-bench.XXXXXX)
 REDIS_PID=
@@ -136,6 +140,10 @@ measure() { # case connections
     --json --no-progress "${extra[@]}" >"$WORK/out.json" 2>"$WORK/err.txt" || rc=$?
   local key="$case/$conns"
   RSS[$key]=$(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$TICKETD_PID/status")
+  if [ "$store" = redis ]; then # how many purchases shared one script call, on average
+    curl -sf "http://127.0.0.1:$PORT/metrics?format=json" | jq -r --arg at "$case/$conns" '.totals.sold as $s | .redis.purchase_batches as $b
+        | select($b > 0) | "  \($at): \($s) sales in \($b) script calls, \($s / $b * 10 | round / 10) per call"' >&2 || true
+  fi
   stop_pid "$TICKETD_PID"
   TICKETD_PID=
   if ! jq -e . "$WORK/out.json" >/dev/null 2>&1; then
