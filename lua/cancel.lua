@@ -1,17 +1,38 @@
--- Makes one purchase void whose outcome the caller never learned (timeout, lost connection):
--- the buyer was told 503, so the ticket, if the purchase took one, goes back to the pool.
+-- Gives back what a purchase batch sold to nobody.
 --
--- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:purchases
+-- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:batches
 -- (KEYS[4] and KEYS[5] are passed as for purchase.lua and not used)
--- ARGV[1] purchase id
+-- ARGV[1] batch id
+-- ARGV[2..] ticket ids whose buyers left before the answer arrived; none when the caller never
+--           learned the batch's outcome (timeout, lost connection, unreadable reply)
 --
--- Marks the purchase id "!" in every case, so that a copy of the purchase call still in flight
--- can no longer sell (purchase.lua checks the id first). Returns 1 when a ticket was put back.
-local ticket = redis.call('HGET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], '!')
-if (not ticket) or ticket == '!' then
-  return 0
+-- Without tickets, the batch is made void: marked "!" in every case, so that a copy of the call
+-- still in flight can no longer sell (purchase.lua checks the batch id first), and every ticket
+-- it sold goes back. A ticket goes back to the pool only while the ledger still names this
+-- batch, so a ticket already given back and sold again is left alone, and running this twice
+-- changes nothing. Returns how many tickets were put back.
+local tickets = {}
+if #ARGV > 1 then
+  for i = 2, #ARGV do
+    tickets[#tickets + 1] = ARGV[i]
+  end
+else
+  local prior = redis.call('HGET', KEYS[3], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], '!')
+  if prior and prior ~= '!' then
+    for ticket in string.gmatch(prior, '%S+') do
+      tickets[#tickets + 1] = ticket
+    end
+  end
 end
-redis.call('HDEL', KEYS[2], ticket)
-redis.call('LPUSH', KEYS[1], ticket)
-return 1
+local prefix = ARGV[1] .. ' '
+local back = 0
+for _, ticket in ipairs(tickets) do
+  local record = redis.call('HGET', KEYS[2], ticket)
+  if record and string.sub(record, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[2], ticket)
+    redis.call('LPUSH', KEYS[1], ticket)
+    back = back + 1
+  end
+end
+return back

@@ -1,7 +1,7 @@
 -- Installs a freshly built ticket pool for one event, unless the event exists already.
 --
 -- KEYS[1] event:{id}:seed:<nonce>  LIST built by the seeder (absent when the capacity is 0)
--- KEYS[2] event:{id}:tickets, KEYS[3] event:{id}:sold, KEYS[4] event:{id}:purchases
+-- KEYS[2] event:{id}:tickets, KEYS[3] event:{id}:sold, KEYS[4] event:{id}:batches
 -- KEYS[5] event:{id}:meta          HASH capacity -> N
 -- KEYS[6] event:{id}:leases, KEYS[7] event:{id}:reserved
 -- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger, ARGV[3] id

@@ -1,66 +1,53 @@
--- Sells one ticket to each purchase of a batch of concurrent purchases of one event, atomically.
+-- Sells tickets of one event to a batch of concurrent purchases, atomically.
 --
 -- KEYS[1] event:{id}:tickets    LIST of unsold ticket ids (the shared pool)
--- KEYS[2] event:{id}:sold       HASH ticket id -> "<purchase id> <unix ms>"
--- KEYS[3] event:{id}:purchases  HASH purchase id -> ticket id, or "!" once cancelled
+-- KEYS[2] event:{id}:sold       HASH ticket id -> "<batch id> <unix ms>" (the ledger)
+-- KEYS[3] event:{id}:batches    HASH batch id -> the ticket ids it sold, space-separated, or "!"
+--                               once cancelled
 -- KEYS[4] event:{id}:meta       HASH capacity -> N, present once the event is seeded
 -- KEYS[5] event:{id}:reserved   STRING: tickets held in instances' fallback reserves
--- ARGV[1..n] purchase ids, one per HTTP request, all distinct (n >= 1)
+-- ARGV[1] batch id, unique per call ("<instance>:<n>")
+-- ARGV[2] purchases in the batch, n >= 1
 --
--- Returns n triples {status, ticket id or "", count}, flat and in ARGV order:
---   1  sold now; count: unsold tickets (pool + reserves) after this sale, as if the batch had
---      been sold one purchase after the other in ARGV order
---   2  this purchase id was sold before (a re-sent call): the same ticket again, nothing popped
---   0  the pool is empty; count: tickets reserves still hold (0: sold out)
---  -1  this purchase id was cancelled before: nothing sold
---  -2  the event is not in this Redis at all (data lost?): nothing sold, never "sold out"
+-- Returns {status, unsold, reserved, tickets}:
+--   status  1  sold now. `tickets` holds the m <= n ticket ids popped, space-separated: the
+--              first m purchases of the batch get them in that order, the other n - m found the
+--              pool empty (with `reserved` tickets still held in reserves; 0: sold out)
+--           2  this batch ran before (a re-sent call): the same tickets again, nothing popped
+--          -1  this batch was cancelled before: nothing sold
+--          -2  the event is not in this Redis at all (data lost?): nothing sold, never "sold out"
+--   unsold     pool + reserves after the call; purchase k of m was answered unsold + (m - k),
+--              what selling the batch one purchase at a time would have answered
+--   reserved   tickets held in instances' reserves
 --
--- Every purchase id is checked first, so a call that the client re-sends after a reconnect, or
--- that arrives after the caller gave up and cancelled it, can never take a second ticket. One
--- call does the work of n: one HMGET, one LPOP with a count and two multi-field HSETs, whatever
--- n is (the batch is formed by the client from the purchases waiting at the same moment).
-local n = #ARGV
+-- The batch id is checked first, so a call that the client re-sends after a reconnect, or that
+-- arrives after the caller gave up and cancelled it, can never sell a second time. The work is
+-- five commands whatever n is: one LPOP with a count, one HSET into the ledger, one HSET of the
+-- batch record, and two reads.
 local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
-local done = redis.call('HMGET', KEYS[3], unpack(ARGV))
-local fresh = 0
-for i = 1, n do
-  if not done[i] then
-    fresh = fresh + 1
+local prior = redis.call('HGET', KEYS[3], ARGV[1])
+if prior then
+  local unsold = redis.call('LLEN', KEYS[1]) + reserved
+  if prior == '!' then
+    return {-1, unsold, reserved, ''}
   end
+  return {2, unsold, reserved, prior}
 end
-local popped = {}
-if fresh > 0 then
-  popped = redis.call('LPOP', KEYS[1], fresh) or {}
-end
-local m = #popped
-local missing = m == 0 and fresh > 0 and redis.call('EXISTS', KEYS[4]) == 0
-local unsold = redis.call('LLEN', KEYS[1]) + reserved
-local stamp = ''
-if m > 0 then
-  local now = redis.call('TIME')
-  stamp = ' ' .. (now[1] * 1000 + math.floor(now[2] / 1000))
-end
-local out, sold, index = {}, {}, {}
-local k = 0
-for i = 1, n do
-  local d = done[i]
-  local j = 3 * i
-  if d then
-    out[j - 2], out[j - 1], out[j] = (d == '!') and -1 or 2, (d == '!') and '' or d, unsold
-  elseif k < m then
-    k = k + 1
-    local ticket = popped[k]
-    sold[2 * k - 1], sold[2 * k] = ticket, ARGV[i] .. stamp
-    index[2 * k - 1], index[2 * k] = ARGV[i], ticket
-    out[j - 2], out[j - 1], out[j] = 1, ticket, unsold + (m - k)
-  elseif missing then
-    out[j - 2], out[j - 1], out[j] = -2, '', 0
-  else
-    out[j - 2], out[j - 1], out[j] = 0, '', reserved
+local popped = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
+if not popped then
+  if redis.call('EXISTS', KEYS[4]) == 0 then
+    return {-2, 0, 0, ''}
   end
+  return {1, reserved, reserved, ''}
 end
-if m > 0 then
-  redis.call('HSET', KEYS[2], unpack(sold))
-  redis.call('HSET', KEYS[3], unpack(index))
+local now = redis.call('TIME')
+local record = ARGV[1] .. ' ' .. (now[1] * 1000 + math.floor(now[2] / 1000))
+local ledger = {}
+for k, ticket in ipairs(popped) do
+  ledger[2 * k - 1] = ticket
+  ledger[2 * k] = record
 end
-return out
+redis.call('HSET', KEYS[2], unpack(ledger))
+local tickets = table.concat(popped, ' ')
+redis.call('HSET', KEYS[3], ARGV[1], tickets)
+return {1, redis.call('LLEN', KEYS[1]) + reserved, reserved, tickets}

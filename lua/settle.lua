@@ -1,7 +1,7 @@
 -- Writes fallback sales of one instance into the ledger, idempotently.
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:reserve:<instance>, KEYS[3] event:{id}:reserved,
--- KEYS[4] event:{id}:sold, KEYS[5] event:{id}:purchases
+-- KEYS[4] event:{id}:sold
 -- ARGV: triples (ticket id, purchase id, unix ms) of the sales
 --
 -- A sold ticket normally still sits in the instance's reserve: it leaves the reserve and enters
@@ -17,7 +17,6 @@ for i = 1, #ARGV, 3 do
   if redis.call('LREM', KEYS[2], 1, ticket) == 1 then
     redis.call('DECRBY', KEYS[3], 1)
     redis.call('HSET', KEYS[4], ticket, record)
-    redis.call('HSET', KEYS[5], purchase, ticket)
     settled = settled + 1
   else
     local existing = redis.call('HGET', KEYS[4], ticket)
@@ -25,7 +24,6 @@ for i = 1, #ARGV, 3 do
       already = already + 1
     elseif (not existing) and redis.call('LREM', KEYS[1], 1, ticket) == 1 then
       redis.call('HSET', KEYS[4], ticket, record)
-      redis.call('HSET', KEYS[5], purchase, ticket)
       from_pool = from_pool + 1
     else
       conflicts[#conflicts + 1] = ticket

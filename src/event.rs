@@ -64,9 +64,9 @@ pub struct EventKeys {
     pub tickets: Key,
     /// `event:{id}:sold`: HASH ticket id -> purchase record `<purchase id> <unix ms>`.
     pub sold: Key,
-    /// `event:{id}:purchases`: HASH purchase id -> ticket id (or `!` once cancelled), so a re-sent
-    /// or late script call can never sell a second ticket for one purchase.
-    pub purchases: Key,
+    /// `event:{id}:batches`: HASH batch id -> the ticket ids it sold (or `!` once cancelled), so a
+    /// re-sent or late purchase call can never sell twice.
+    pub batches: Key,
     /// `event:{id}:meta`: HASH `capacity` -> N; its presence says the event was seeded.
     pub meta: Key,
     /// `event:{id}:leases`: ZSET instance -> lease expiry of its fallback reserve (unix ms).
@@ -81,7 +81,7 @@ impl EventKeys {
         Self {
             tickets: Key::from(format!("event:{{{id}}}:tickets")),
             sold: Key::from(format!("event:{{{id}}}:sold")),
-            purchases: Key::from(format!("event:{{{id}}}:purchases")),
+            batches: Key::from(format!("event:{{{id}}}:batches")),
             meta: Key::from(format!("event:{{{id}}}:meta")),
             leases: Key::from(format!("event:{{{id}}}:leases")),
             reserved: Key::from(format!("event:{{{id}}}:reserved")),
@@ -99,7 +99,7 @@ impl EventKeys {
         vec![
             self.tickets.clone(),
             self.sold.clone(),
-            self.purchases.clone(),
+            self.batches.clone(),
             self.meta.clone(),
             self.reserved.clone(),
         ]
@@ -211,7 +211,7 @@ mod tests {
         let keys = EventKeys::new("42");
         assert_eq!(keys.tickets.as_str(), Some("event:{42}:tickets"));
         assert_eq!(keys.sold.as_str(), Some("event:{42}:sold"));
-        assert_eq!(keys.purchases.as_str(), Some("event:{42}:purchases"));
+        assert_eq!(keys.batches.as_str(), Some("event:{42}:batches"));
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub mod names {
     pub const CANCELLED: Family = (
         "ticketd_purchases_cancelled_total",
         "counter",
-        "Purchases whose outcome was unknown (timeout, lost connection), made void in Redis afterwards.",
+        "Purchases made void in Redis afterwards: their outcome was unknown (timeout, lost connection), or the buyer left while the purchase was in Redis.",
     );
     pub const SHED: Family = (
         "ticketd_purchases_shed_total",
@@ -510,9 +510,9 @@ impl Metrics {
         self.script_reloads.load(Relaxed)
     }
 
-    /// Counts a purchase made void after its outcome was unknown.
-    pub fn purchase_cancelled(&self) {
-        self.cancelled.fetch_add(1, Relaxed);
+    /// Counts `n` purchases made void: their outcome was unknown, or their buyers left.
+    pub fn purchases_cancelled(&self, n: u64) {
+        self.cancelled.fetch_add(n, Relaxed);
     }
 
     /// Purchases made void so far.

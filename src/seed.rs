@@ -112,7 +112,7 @@ pub async fn seed_event(
         temp,
         event.keys.tickets.clone(),
         event.keys.sold.clone(),
-        event.keys.purchases.clone(),
+        event.keys.batches.clone(),
         event.keys.meta.clone(),
         event.keys.leases.clone(),
         event.keys.reserved.clone(),

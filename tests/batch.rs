@@ -1,8 +1,8 @@
-//! Purchases in batches, against a real redis-server: one script call sells a whole batch with
-//! every purchase id exact (re-sent, cancelled, fresh, pool running out, event missing);
-//! concurrent purchases share script calls and get `remaining` as if sold one by one; a buyer
-//! gone before the answer gets nothing sent, and one gone during the call has its ticket put
-//! back.
+//! Purchases in batches, against a real redis-server: one script call sells a whole batch, and
+//! its batch id makes a re-sent call answer the same tickets and a cancelled one sell nothing
+//! (`lua/cancel.lua` gives back exactly what nobody received); concurrent purchases share
+//! script calls and get `remaining` as if sold one by one; a buyer gone before the call is not
+//! sent, and one gone during the call has its ticket put back.
 
 mod support;
 
@@ -19,7 +19,7 @@ use ticketd::event::{Event, EventKeys};
 use ticketd::seed::seed_event;
 use ticketd::store::batch::SCRIPT_MAX;
 use ticketd::store::redis::{build_pool, RedisOptions, RedisStore};
-use ticketd::store::scripts::{LuaScript, PURCHASE};
+use ticketd::store::scripts::{LuaScript, CANCEL, PURCHASE};
 use ticketd::store::Sale;
 use ticketd::Metrics;
 
@@ -49,20 +49,20 @@ async fn store(
     )
 }
 
-/// The script's reply, flattened to strings.
-async fn call(r: &Client, id: &str, purchase_ids: &[&str]) -> Vec<String> {
-    let args = purchase_ids.iter().map(|p| Value::from(*p)).collect();
-    let reply: Value = LuaScript::new(PURCHASE)
+/// Runs `script` on event `id` with `args`; the reply flattened to strings.
+async fn call(r: &Client, script: &'static str, id: &str, args: &[&str]) -> Vec<String> {
+    let args = args.iter().map(|a| Value::from(*a)).collect();
+    let reply: Value = LuaScript::new(script)
         .run(r, EventKeys::new(id).script_keys(), args, || {})
         .await
         .unwrap();
-    let Value::Array(items) = reply else {
-        panic!("not an array: {reply:?}")
-    };
-    items
-        .iter()
-        .map(|v| v.as_string().expect("integer or string"))
-        .collect()
+    match reply {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_string().expect("integer or string"))
+            .collect(),
+        other => vec![other.as_string().expect("integer")],
+    }
 }
 
 /// Polls `fut` once: far enough for a purchase to queue its order.
@@ -77,48 +77,67 @@ async fn poll_once<F: Future>(fut: Pin<&mut F>) {
 }
 
 #[tokio::test]
-async fn one_call_sells_a_batch_and_keeps_every_purchase_id_exact() {
+async fn one_call_sells_a_batch_and_each_batch_id_is_exact() {
     let redis = RedisServer::start();
     let (_store, _event, _) = store(&redis, "1", 3, 1).await;
     let r = redis.client().await;
+    let buy = |batch: &'static str, n: &'static str| {
+        let r = r.clone();
+        async move { call(&r, PURCHASE, "1", &[batch, n]).await }
+    };
+    let ledger = || async {
+        let sold: HashMap<String, String> = r.hgetall("event:{1}:sold").await.unwrap();
+        let mut sold: Vec<(String, String)> = sold
+            .into_iter()
+            .map(|(t, record)| (t, record.split(' ').next().unwrap().to_string()))
+            .collect();
+        sold.sort();
+        sold
+    };
 
-    // Two fresh purchases: one ticket each, `remaining` as if sold one after the other.
-    assert_eq!(
-        call(&r, "1", &["a", "b"]).await,
-        ["1", "1-000001", "2", "1", "1-000002", "1"]
-    );
-    // A re-sent id gets its ticket again, a cancelled one nothing, and the pool runs out in the
-    // middle of the batch: one more sale, then "empty" with no ticket held in reserves.
-    let _: () = r.hset("event:{1}:purchases", ("x", "!")).await.unwrap();
-    assert_eq!(
-        call(&r, "1", &["a", "x", "c", "d", "e"]).await,
-        ["2", "1-000001", "0", "-1", "", "0", "1", "1-000003", "0", "0", "", "0", "0", "", "0"]
-    );
-    let sold: HashMap<String, String> = r.hgetall("event:{1}:sold").await.unwrap();
-    let mut buyers: Vec<_> = sold
-        .iter()
-        .map(|(t, record)| (t.as_str(), record.split(' ').next().unwrap()))
-        .collect();
-    buyers.sort();
-    assert_eq!(
-        buyers,
-        [("1-000001", "a"), ("1-000002", "b"), ("1-000003", "c")]
-    );
-    let index: HashMap<String, String> = r.hgetall("event:{1}:purchases").await.unwrap();
-    assert_eq!(index.len(), 4, "{index:?}"); // a, b, c and the cancelled x; d and e hold nothing
-    assert_eq!(index["x"], "!");
-
-    // Empty pool while reserves hold tickets: the count says how many (not sold out).
+    // {status, unsold after, reserved, tickets}: two tickets for a batch of two.
+    assert_eq!(buy("b1", "2").await, ["1", "1", "0", "1-000001 1-000002"]);
+    // The same call again (fred re-sending after a reconnect): the same tickets, nothing popped.
+    assert_eq!(buy("b1", "2").await, ["2", "1", "0", "1-000001 1-000002"]);
+    // The pool runs out within a batch: the first purchase gets the last ticket.
+    assert_eq!(buy("b2", "3").await, ["1", "0", "0", "1-000003"]);
+    // Empty pool while reserves hold tickets: not sold out, the count says how many.
     let _: () = r
         .set("event:{1}:reserved", 5, None, None, false)
         .await
         .unwrap();
-    assert_eq!(call(&r, "1", &["f"]).await, ["0", "", "5"]);
+    assert_eq!(buy("b3", "1").await, ["1", "5", "5", ""]);
+    let _: () = r.del("event:{1}:reserved").await.unwrap();
+    assert_eq!(
+        ledger().await,
+        [
+            ("1-000001".into(), "b1".into()),
+            ("1-000002".into(), "b1".into()),
+            ("1-000003".into(), "b2".into())
+        ]
+    );
     // An event Redis does not have: its own status, never "sold out".
     assert_eq!(
-        call(&r, "nope", &["g", "h"]).await,
-        ["-2", "", "0", "-2", "", "0"]
+        call(&r, PURCHASE, "nope", &["b4", "2"]).await,
+        ["-2", "0", "0", ""]
     );
+
+    // The buyer of 1-000002 left: that ticket goes back, once.
+    assert_eq!(call(&r, CANCEL, "1", &["b1", "1-000002"]).await, ["1"]);
+    assert_eq!(call(&r, CANCEL, "1", &["b1", "1-000002"]).await, ["0"]);
+    // Batch b2's outcome was unknown: void, its ticket back, and a late copy sells nothing.
+    assert_eq!(call(&r, CANCEL, "1", &["b2"]).await, ["1"]);
+    assert_eq!(buy("b2", "3").await, ["-1", "2", "0", ""]);
+    // A batch made void before it ran (the call was still queued somewhere) never sells.
+    assert_eq!(call(&r, CANCEL, "1", &["b5"]).await, ["0"]);
+    assert_eq!(buy("b5", "1").await, ["-1", "2", "0", ""]);
+    assert_eq!(ledger().await, [("1-000001".into(), "b1".into())]);
+    assert_eq!(r.llen::<u64, _>("event:{1}:tickets").await.unwrap(), 2);
+    // A given-back ticket sold again is not taken back by the old batch's cancellation.
+    assert_eq!(buy("b6", "2").await, ["1", "0", "0", "1-000003 1-000002"]);
+    assert_eq!(call(&r, CANCEL, "1", &["b1", "1-000002"]).await, ["0"]);
+    assert_eq!(call(&r, CANCEL, "1", &["b2"]).await, ["0"]);
+    assert_eq!(ledger().await.len(), 3);
 }
 
 // A current-thread runtime: every purchase below queues its order before any batcher runs.
@@ -197,7 +216,7 @@ async fn a_buyer_gone_during_the_call_gets_its_ticket_put_back() {
     } // the buyer leaves while the call is in Redis
     redis.signal("CONT");
 
-    // The script sells a ticket that nobody receives; the batcher makes that purchase void.
+    // The script sells a ticket that nobody receives; the batcher gives it back.
     let deadline = Instant::now() + WAIT;
     while metrics.cancelled() < 1 || store.pending_cancels() > 0 {
         assert!(Instant::now() < deadline, "never cancelled");
@@ -206,6 +225,6 @@ async fn a_buyer_gone_during_the_call_gets_its_ticket_put_back() {
     let r = redis.client().await;
     assert_eq!(r.llen::<u64, _>("event:{1}:tickets").await.unwrap(), 5);
     assert_eq!(r.hlen::<u64, _>("event:{1}:sold").await.unwrap(), 0);
-    let index: HashMap<String, String> = r.hgetall("event:{1}:purchases").await.unwrap();
-    assert_eq!(index.values().collect::<Vec<_>>(), ["!"]);
+    let batches: HashMap<String, String> = r.hgetall("event:{1}:batches").await.unwrap();
+    assert_eq!(batches.values().collect::<Vec<_>>(), ["1-000001"]); // what a re-sent call answers
 }

@@ -2,17 +2,18 @@
 //! run of `lua/purchase.lua`.
 //!
 //! One batcher task per pooled connection takes every purchase queued for it, sends them as one
-//! script call per event (at most [`SCRIPT_MAX`] purchase ids each, all calls of a round
-//! pipelined in one write), and waits for the answers before it takes the next round. While a
-//! round is in Redis the next one gathers, so a batch is as large as the purchases that arrived
-//! during one round trip: one purchase when the server is idle (no added wait, no timer), dozens
-//! under a flash sale. Redis then runs one script, and ticketd writes one command, for many
-//! purchases (design.md, Measurements).
+//! script call per event (at most [`SCRIPT_MAX`] purchases each, all calls of a round pipelined
+//! in one write), and waits for the answers before it takes the next round. While a round is in
+//! Redis the next one gathers, so a batch is as large as the purchases that arrived during one
+//! round trip: one purchase when the server is idle (no added wait, no timer), about a hundred
+//! under a flash sale. Redis then runs one script, and ticketd writes one short command and
+//! reads one short reply, for all of them (design.md, Measurements).
 //!
-//! Each purchase keeps its own purchase id, so idempotency and cancellation stay per purchase.
-//! A purchase whose outcome is unknown (the round timed out, the connection broke, the reply did
-//! not parse) or whose buyer is gone before the answer arrived (its ticket would be sold to
-//! nobody) is queued for cancellation here, in one place.
+//! A call carries its own batch id, which the script records with the tickets it sold, so a
+//! re-sent call answers the same tickets and a cancelled one sells nothing. A batch whose
+//! outcome is unknown (the round timed out, the connection broke, the reply did not parse) is
+//! queued to be made void, and the tickets of buyers who left before their answer arrived are
+//! queued to be given back: here, in one place.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -29,11 +30,11 @@ use tokio::time::timeout;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::store::redis::{parse_status, Cancels};
+use crate::store::redis::{Cancels, Ids};
 use crate::store::scripts::{LuaScript, PURCHASE};
 use crate::store::{Sale, StoreError};
 
-/// Most purchase ids in one script call: bounds how long one call holds Redis (about 0.1 ms).
+/// Most purchases in one script call: bounds how long one call holds Redis.
 pub const SCRIPT_MAX: usize = 256;
 
 /// Most purchases one round takes from its queue.
@@ -47,8 +48,6 @@ pub type Answer = Result<Sale, StoreError>;
 pub struct Order {
     /// The event to sell a ticket of.
     pub event: Arc<Event>,
-    /// The purchase id (`<instance>:<n>`).
-    pub id: Bytes,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Answer>,
 }
@@ -60,6 +59,7 @@ struct Context {
     timeout: Duration,
     metrics: Arc<Metrics>,
     cancels: Cancels,
+    ids: Arc<Ids>,
 }
 
 /// The batcher tasks, one per pooled connection, and the round robin over them.
@@ -70,13 +70,21 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Spawns one batcher task per client of `pool`; each round is bounded by `bound`.
-    pub fn start(pool: &Pool, bound: Duration, metrics: Arc<Metrics>, cancels: Cancels) -> Self {
+    /// Spawns one batcher task per client of `pool`; each round is bounded by `bound`, and each
+    /// call takes its batch id from `ids`.
+    pub fn start(
+        pool: &Pool,
+        bound: Duration,
+        metrics: Arc<Metrics>,
+        cancels: Cancels,
+        ids: Arc<Ids>,
+    ) -> Self {
         let context = Arc::new(Context {
             script: LuaScript::new(PURCHASE),
             timeout: bound,
             metrics,
             cancels,
+            ids,
         });
         let queues = pool
             .clients()
@@ -134,43 +142,36 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     }
     // Group by event (a round usually holds one or a few), keeping arrival order within each.
     orders.sort_by_key(|o| Arc::as_ptr(&o.event) as usize);
-    let batches = batches(orders);
-    let calls = batches.iter().map(|range| {
-        let batch = &orders[range.clone()];
-        let args = batch.iter().map(|o| Value::Bytes(o.id.clone())).collect();
+    let batches: Vec<(Range<usize>, Bytes)> = batches(orders)
+        .into_iter()
+        .map(|range| (range, cx.ids.id(cx.ids.next())))
+        .collect();
+    let calls = batches.iter().map(|(range, id)| {
         cx.metrics.redis_batch();
+        let args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
+        let keys = orders[range.start].event.keys.script_keys();
         cx.script
-            .run::<Value>(client, batch[0].event.keys.script_keys(), args, || {
-                cx.metrics.script_reloaded()
-            })
+            .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
     let replies = timeout(cx.timeout, futures_util::future::join_all(calls)).await;
     let mut outage = false;
     let mut orders = orders.drain(..);
-    for (i, range) in batches.iter().enumerate() {
-        let batch = orders.by_ref().take(range.len());
-        match &replies {
-            Ok(replies) => match &replies[i] {
-                Ok(reply) => match parse_batch(reply, range.len()) {
-                    Ok(triples) => {
-                        for (order, triple) in batch.zip(triples) {
-                            let answer = triple.and_then(|(status, ticket, count)| {
-                                parse_status(&order.event, status, ticket, count)
-                            });
-                            answer_one(order, answer, cx);
-                        }
-                    }
-                    Err(e) => batch.for_each(|o| answer_one(o, Err(e.clone()), cx)),
-                },
-                Err(e) => {
-                    let e = StoreError::Redis(e.clone());
-                    outage |= e.is_outage();
-                    batch.for_each(|o| answer_one(o, Err(e.clone()), cx));
+    for (i, (range, id)) in batches.into_iter().enumerate() {
+        let batch: Vec<Order> = orders.by_ref().take(range.len()).collect();
+        let reply = match &replies {
+            Ok(replies) => replies[i].clone().map_err(StoreError::Redis),
+            Err(_) => Err(StoreError::Timeout(cx.timeout)),
+        };
+        let reply = reply.and_then(|v| Reply::parse(&v, &batch[0].event));
+        match reply {
+            Ok(reply) => answer(batch, &reply, id, cx),
+            Err(e) => {
+                outage |= e.is_outage();
+                // The call may have run: make the batch void, whatever it sold.
+                cx.cancels.void(&batch[0].event, id, batch.len() as u64);
+                for order in batch {
+                    let _ = order.reply.send(Err(e.clone()));
                 }
-            },
-            Err(_) => {
-                outage = true;
-                batch.for_each(|o| answer_one(o, Err(StoreError::Timeout(cx.timeout)), cx));
             }
         }
     }
@@ -190,38 +191,84 @@ fn batches(orders: &[Order]) -> Vec<Range<usize>> {
     out
 }
 
-/// Answers one purchase. A purchase of unknown outcome, and a sale whose buyer is gone, are
-/// queued for cancellation: either may hold a ticket that nobody will receive.
-fn answer_one(order: Order, answer: Answer, cx: &Context) {
-    let unknown = matches!(&answer, Err(e) if e.outcome_unknown());
-    if unknown {
-        cx.cancels.queue(&order.event, order.id.clone());
-    }
-    if let Err(Ok(Sale::Sold { .. })) = order.reply.send(answer) {
-        cx.cancels.queue(&order.event, order.id);
+/// The script's reply for one batch (see `lua/purchase.lua`).
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    /// 1 sold now, 2 re-sent, -1 cancelled, -2 missing in Redis.
+    status: i64,
+    /// Pool + reserves after the call.
+    unsold: u64,
+    /// Held in reserves.
+    reserved: u64,
+    /// The tickets sold (number, id), in the order the batch's purchases get them.
+    tickets: Vec<(u64, Bytes)>,
+}
+
+impl Reply {
+    /// Reads `{status, unsold, reserved, "ticket ticket ..."}` of `event`.
+    fn parse(reply: &Value, event: &Event) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::Protocol(format!("{why} in purchase reply"));
+        let Value::Array(items) = reply else {
+            return Err(bad("no array"));
+        };
+        let [status, unsold, reserved, tickets] = items.as_slice() else {
+            return Err(bad("wrong length"));
+        };
+        let number = |v: &Value| v.as_u64().ok_or_else(|| bad("no count"));
+        let raw = match tickets {
+            Value::String(_) | Value::Bytes(_) => {
+                tickets.clone().into_bytes().expect("a string has bytes")
+            }
+            _ => return Err(bad("no tickets")),
+        };
+        let mut tickets = Vec::new();
+        let mut start = 0;
+        for id in raw.split(|&b| b == b' ') {
+            if !id.is_empty() {
+                let n = event
+                    .parse_ticket_id(id)
+                    .ok_or_else(|| bad("foreign ticket id"))?;
+                tickets.push((n, raw.slice(start..start + id.len())));
+            }
+            start += id.len() + 1;
+        }
+        Ok(Self {
+            status: status.as_i64().ok_or_else(|| bad("no status"))?,
+            unsold: number(unsold)?,
+            reserved: number(reserved)?,
+            tickets,
+        })
     }
 }
 
-/// One `(status, ticket, count)` triple of the script's reply.
-type Triple<'a> = (i64, &'a Value, u64);
-
-/// Splits the script's reply for `n` purchases into its triples.
-fn parse_batch(reply: &Value, n: usize) -> Result<Vec<Result<Triple<'_>, StoreError>>, StoreError> {
-    let bad = |why: &str| StoreError::Protocol(format!("{why} in purchase reply"));
-    let Value::Array(items) = reply else {
-        return Err(bad("no array"));
-    };
-    if items.len() != 3 * n {
-        return Err(bad("wrong length"));
+/// Answers the purchases of one batch from its reply: the first ones get the tickets, in order;
+/// the rest found the pool empty. Tickets whose buyers left are queued to be given back.
+fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
+    let m = reply.tickets.len();
+    let mut orphans = Vec::new();
+    let event = batch[0].event.clone();
+    for (k, order) in batch.into_iter().enumerate() {
+        let answer = match reply.status {
+            1 | 2 if k < m => Ok(Sale::Sold {
+                ticket: reply.tickets[k].0,
+                remaining: reply.unsold + (m - k - 1) as u64,
+            }),
+            1 | 2 if reply.reserved > 0 => Err(StoreError::HeldInReserves(reply.reserved)),
+            1 | 2 => Ok(Sale::SoldOut),
+            -1 => Err(StoreError::Cancelled),
+            -2 => Err(StoreError::MissingInRedis),
+            _ => Err(StoreError::Protocol(
+                "unknown status in purchase reply".into(),
+            )),
+        };
+        if let Err(Ok(Sale::Sold { .. })) = order.reply.send(answer) {
+            // Sold to a buyer who is gone: nobody will ever receive this ticket.
+            orphans.push(Value::Bytes(reply.tickets[k].1.clone()));
+        }
     }
-    Ok(items
-        .chunks_exact(3)
-        .map(|t| {
-            let status = t[0].as_i64().ok_or_else(|| bad("no status"))?;
-            let count = t[2].as_u64().ok_or_else(|| bad("no count"))?;
-            Ok((status, &t[1], count))
-        })
-        .collect())
+    if !orphans.is_empty() {
+        cx.cancels.give_back(&event, id, orphans);
+    }
 }
 
 #[cfg(test)]
@@ -231,7 +278,6 @@ mod tests {
     fn order(event: &Arc<Event>) -> Order {
         Order {
             event: event.clone(),
-            id: Bytes::from_static(b"i:1"),
             reply: oneshot::channel().0,
         }
     }
@@ -254,35 +300,132 @@ mod tests {
         assert!(batches(&[]).is_empty());
     }
 
+    fn reply(status: i64, unsold: i64, reserved: i64, tickets: &str) -> Value {
+        Value::Array(vec![
+            Value::Integer(status),
+            Value::Integer(unsold),
+            Value::Integer(reserved),
+            Value::String(tickets.into()),
+        ])
+    }
+
     #[test]
-    fn replies_split_into_triples() {
-        let t = |s: i64, ticket: &str, n: i64| {
-            [
-                Value::Integer(s),
-                Value::String(ticket.into()),
-                Value::Integer(n),
-            ]
+    fn replies_parse() {
+        let e = Event::new("7", 100, 0);
+        let r = Reply::parse(&reply(1, 58, 0, "7-000041 7-000042"), &e).unwrap();
+        assert_eq!((r.status, r.unsold, r.reserved), (1, 58, 0));
+        let numbers: Vec<u64> = r.tickets.iter().map(|t| t.0).collect();
+        assert_eq!(numbers, [41, 42]);
+        assert_eq!(&r.tickets[1].1[..], b"7-000042");
+        assert!(Reply::parse(&reply(1, 0, 3, ""), &e)
+            .unwrap()
+            .tickets
+            .is_empty());
+        let bad = [
+            reply(1, 0, 0, "8-000001"),
+            reply(1, 0, 0, "7-x"),
+            Value::Null,
+            Value::Array(vec![Value::Integer(1)]),
+            Value::Array(vec![
+                Value::Null,
+                Value::Integer(0),
+                Value::Integer(0),
+                "".into(),
+            ]),
+        ];
+        for v in bad {
+            assert!(
+                matches!(Reply::parse(&v, &e), Err(StoreError::Protocol(_))),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_purchase_gets_its_answer_in_order() {
+        let e = Arc::new(Event::new("7", 100, 0));
+        let cx = Context {
+            script: LuaScript::new(PURCHASE),
+            timeout: Duration::from_secs(1),
+            metrics: Arc::new(Metrics::new()),
+            cancels: Cancels::detached(),
+            ids: Arc::new(Ids::new()),
         };
-        let reply = Value::Array([t(1, "7-000001", 9), t(0, "", 0)].concat());
-        let triples = parse_batch(&reply, 2).unwrap();
-        assert_eq!(triples.len(), 2);
-        let (status, ticket, count) = triples[0].as_ref().unwrap();
+        let answers = |r: Reply, n: usize| {
+            let (orders, rx): (Vec<_>, Vec<_>) = (0..n)
+                .map(|_| {
+                    let (tx, rx) = oneshot::channel();
+                    (
+                        Order {
+                            event: e.clone(),
+                            reply: tx,
+                        },
+                        rx,
+                    )
+                })
+                .unzip();
+            answer(orders, &r, Bytes::from_static(b"b:1"), &cx);
+            rx.into_iter()
+                .map(|mut rx| rx.try_recv().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let sold = |status, reserved| Reply {
+            status,
+            unsold: 10,
+            reserved,
+            tickets: vec![
+                (1, Bytes::from_static(b"7-000001")),
+                (2, Bytes::from_static(b"7-000002")),
+            ],
+        };
+        let got = answers(sold(1, 0), 3);
         assert_eq!(
-            (*status, ticket.as_str().as_deref(), *count),
-            (1, Some("7-000001"), 9)
+            got[0].as_ref().unwrap(),
+            &Sale::Sold {
+                ticket: 1,
+                remaining: 11
+            }
         );
-        assert!(matches!(
-            parse_batch(&reply, 3),
-            Err(StoreError::Protocol(_))
-        ));
-        assert!(matches!(
-            parse_batch(&Value::Null, 1),
-            Err(StoreError::Protocol(_))
-        ));
-        let no_status = Value::Array(vec![Value::Null, Value::Null, Value::Integer(1)]);
-        assert!(matches!(
-            parse_batch(&no_status, 1).unwrap()[0],
-            Err(StoreError::Protocol(_))
-        ));
+        assert_eq!(
+            got[1].as_ref().unwrap(),
+            &Sale::Sold {
+                ticket: 2,
+                remaining: 10
+            }
+        );
+        assert_eq!(got[2].as_ref().unwrap(), &Sale::SoldOut);
+        let got = answers(sold(2, 4), 3);
+        assert!(matches!(got[2], Err(StoreError::HeldInReserves(4))));
+        assert_eq!(cx.cancels.pending(), 0);
+
+        // The second buyer left: its ticket is queued to be given back, nothing else.
+        let (tx, _) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let orders = vec![
+            Order {
+                event: e.clone(),
+                reply: tx2,
+            },
+            Order {
+                event: e.clone(),
+                reply: tx,
+            },
+        ];
+        answer(orders, &sold(1, 0), Bytes::from_static(b"b:2"), &cx);
+        assert!(rx2.try_recv().unwrap().is_ok());
+        assert_eq!(cx.cancels.pending(), 1);
+        for (status, want) in [(-1, "cancelled"), (-2, "missing"), (9, "unexpected")] {
+            let r = Reply {
+                status,
+                unsold: 0,
+                reserved: 0,
+                tickets: vec![],
+            };
+            let got = answers(r, 1);
+            assert!(
+                got[0].as_ref().unwrap_err().to_string().contains(want),
+                "{status}: {got:?}"
+            );
+        }
     }
 }

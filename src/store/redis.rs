@@ -58,15 +58,19 @@ impl RedisOptions {
     }
 }
 
-/// A purchase of unknown outcome, waiting to be made void.
+/// A purchase batch that sold to nobody, waiting to be given back (see `lua/cancel.lua`).
 #[derive(Debug)]
 struct PendingCancel {
     keys: EventKeys,
-    purchase_id: Bytes,
+    batch: Bytes,
+    /// The tickets whose buyers left; empty: the whole batch, whose outcome is unknown.
+    tickets: Vec<Value>,
+    /// Purchases made void by this cancellation (counted once done).
+    purchases: u64,
 }
 
-/// The queue of purchases to make void, and how many wait in it. Cloned into every place that
-/// can learn that a purchase's outcome is unknown.
+/// The queue of batches to give back, and how many wait in it. Cloned into every place that can
+/// learn that a batch sold to nobody.
 #[derive(Debug, Clone)]
 pub struct Cancels {
     tx: mpsc::UnboundedSender<PendingCancel>,
@@ -74,13 +78,74 @@ pub struct Cancels {
 }
 
 impl Cancels {
-    /// Queues purchase `purchase_id` of `event` for cancellation.
-    pub fn queue(&self, event: &Event, purchase_id: Bytes) {
+    /// Queues batch `batch` of `event`, of `purchases` purchases whose outcome the buyers never
+    /// learned, to be made void.
+    pub fn void(&self, event: &Event, batch: Bytes, purchases: u64) {
+        self.queue(event, batch, Vec::new(), purchases);
+    }
+
+    /// Queues `tickets` of batch `batch` of `event`, whose buyers left before the answer
+    /// arrived, to be given back to the pool.
+    pub fn give_back(&self, event: &Event, batch: Bytes, tickets: Vec<Value>) {
+        let purchases = tickets.len() as u64;
+        self.queue(event, batch, tickets, purchases);
+    }
+
+    /// Cancellations queued and not yet done.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Relaxed)
+    }
+
+    /// A queue nobody works off (unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Self {
+            tx: mpsc::unbounded_channel().0,
+            pending: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn queue(&self, event: &Event, batch: Bytes, tickets: Vec<Value>, purchases: u64) {
         self.pending.fetch_add(1, Relaxed);
         let _ = self.tx.send(PendingCancel {
             keys: event.keys.clone(),
-            purchase_id,
+            batch,
+            tickets,
+            purchases,
         });
+    }
+}
+
+/// Purchase and batch ids, `<instance>:<n>`: the instance part is random per process, `n` comes
+/// from one counter, so no two ids of any instances or runs collide.
+#[derive(Debug)]
+pub struct Ids {
+    instance: Box<str>,
+    next: CachePadded<AtomicU64>,
+}
+
+impl Ids {
+    pub(crate) fn new() -> Self {
+        Self {
+            instance: format!("{:016x}", rand::random::<u64>()).into(),
+            next: CachePadded::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// A fresh number, never 0.
+    pub fn next(&self) -> u64 {
+        self.next.fetch_add(1, Relaxed)
+    }
+
+    /// The id of number `n`.
+    pub fn id(&self, n: u64) -> Bytes {
+        let mut buf = itoa::Buffer::new();
+        let n = buf.format(n);
+        let mut id = Vec::with_capacity(self.instance.len() + 1 + n.len());
+        id.extend_from_slice(self.instance.as_bytes());
+        id.push(b':');
+        id.extend_from_slice(n.as_bytes());
+        Bytes::from(id)
     }
 }
 
@@ -94,9 +159,8 @@ pub struct RedisStore {
     /// Slots for purchases in flight to Redis.
     in_flight: tokio::sync::Semaphore,
     queue_timeout: Duration,
-    /// Random per process, so purchase ids and reserve keys of two instances never collide.
-    instance: Box<str>,
-    next_purchase: CachePadded<AtomicU64>,
+    /// Purchase and batch ids; the instance part also names this instance's reserve keys.
+    ids: Arc<Ids>,
     /// Purchases queued for cancellation and not yet made void.
     cancels: Cancels,
     metrics: Arc<Metrics>,
@@ -150,14 +214,20 @@ impl RedisStore {
             timeout,
             cancels.pending.clone(),
         ));
+        let ids = Arc::new(Ids::new());
         Self {
-            batcher: Batcher::start(&pool, timeout, metrics.clone(), cancels.clone()),
+            batcher: Batcher::start(
+                &pool,
+                timeout,
+                metrics.clone(),
+                cancels.clone(),
+                ids.clone(),
+            ),
             pool,
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
-            instance: format!("{:016x}", rand::random::<u64>()).into(),
-            next_purchase: CachePadded::new(AtomicU64::new(1)),
+            ids,
             cancels,
             metrics,
         }
@@ -166,7 +236,7 @@ impl RedisStore {
     /// Purchases of unknown outcome not yet made void. Their tickets may still come back to the
     /// pool, so the fallback stays on (no "sold out" from Redis) until this is 0.
     pub fn pending_cancels(&self) -> u64 {
-        self.cancels.pending.load(Relaxed)
+        self.cancels.pending()
     }
 
     /// The pool.
@@ -176,7 +246,7 @@ impl RedisStore {
 
     /// This process's instance id (16 hex digits).
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.ids.instance
     }
 
     /// The bound on one call.
@@ -191,18 +261,12 @@ impl RedisStore {
 
     /// A fresh purchase number, never 0; the purchase id is `<instance>:<number>`.
     pub fn next_purchase(&self) -> u64 {
-        self.next_purchase.fetch_add(1, Relaxed)
+        self.ids.next()
     }
 
     /// The purchase id of purchase number `n`.
     pub fn purchase_id(&self, n: u64) -> Bytes {
-        let mut buf = itoa::Buffer::new();
-        let n = buf.format(n);
-        let mut id = Vec::with_capacity(self.instance.len() + 1 + n.len());
-        id.extend_from_slice(self.instance.as_bytes());
-        id.push(b':');
-        id.extend_from_slice(n.as_bytes());
-        Bytes::from(id)
+        self.ids.id(n)
     }
 
     /// Sells one ticket of `event` with the purchase script: the purchase joins the next batch
@@ -222,21 +286,17 @@ impl RedisStore {
                 }
             },
         };
-        let id = self.purchase_id(self.next_purchase());
         let (reply, answer) = oneshot::channel();
         let order = Order {
             event: event.clone(),
-            id: id.clone(),
             reply,
         };
         let result = match self.batcher.submit(order) {
-            // The batcher answers every order within the timeout: no timer here.
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                // The batcher stopped mid-round (the runtime is going down): the call may
-                // have run.
-                self.cancels.queue(event, id);
-                Err(StoreError::Protocol("purchase batcher stopped".into()))
-            }),
+            // The batcher answers every order within the timeout: no timer here. It stops only
+            // when the runtime goes down.
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Protocol("purchase batcher stopped".into()))),
             Err(_) => Err(StoreError::NotConnected),
         };
         if let Err(e) = &result {
@@ -329,11 +389,11 @@ pub fn error_kind(e: &StoreError) -> RedisErrorKind {
     }
 }
 
-/// Most cancellations run at once (they pipeline on the pool's connections).
+/// Most cancellation calls run at once (they pipeline on the pool's connections).
 const CANCEL_BATCH: usize = 256;
 
-/// Makes void every purchase of unknown outcome, in concurrent batches, retrying each until
-/// Redis takes it.
+/// Gives back every batch that sold to nobody, many calls at once, retrying each until Redis
+/// takes it.
 async fn cancel_loop(
     pool: Pool,
     mut rx: mpsc::UnboundedReceiver<PendingCancel>,
@@ -359,12 +419,12 @@ async fn cancel_loop(
             }
         }
         let calls = batch.iter().map(|p| {
-            let call = script.run::<i64>(
-                pool.next(),
-                p.keys.script_keys(),
-                vec![Value::Bytes(p.purchase_id.clone())],
-                || metrics.script_reloaded(),
-            );
+            let mut args = Vec::with_capacity(1 + p.tickets.len());
+            args.push(Value::Bytes(p.batch.clone()));
+            args.extend(p.tickets.iter().cloned());
+            let call = script.run::<i64>(pool.next(), p.keys.script_keys(), args, || {
+                metrics.script_reloaded()
+            });
             timeout(bound, call)
         });
         let results = futures_util::future::join_all(calls).await;
@@ -372,9 +432,9 @@ async fn cancel_loop(
         for (p, r) in batch.drain(..).zip(results) {
             match r {
                 Ok(Ok(returned)) => {
-                    metrics.purchase_cancelled();
+                    metrics.purchases_cancelled(p.purchases);
                     pending.fetch_sub(1, Relaxed);
-                    tracing::debug!(purchase = ?p.purchase_id, returned, "purchase of unknown outcome made void");
+                    tracing::debug!(batch = ?p.batch, purchases = p.purchases, returned, "purchases sold to nobody made void");
                 }
                 _ => failed.push(p),
             }

@@ -215,7 +215,6 @@ async fn settle(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<u64,
         er.key.clone(),
         er.event.keys.reserved.clone(),
         er.event.keys.sold.clone(),
-        er.event.keys.purchases.clone(),
     ];
     let mut done = 0;
     let mut result = Ok(());
