@@ -5,18 +5,22 @@
 # temporary directory, never 6379) and measures, with the same load tester, at each connection
 # count:
 #   (1) GET /healthz                       (the HTTP floor: no store touched)
-#   (2) POST /buy/:id with --store redis   (the real purchase: one Lua script per request)
+#   (2) POST /buy/:id with --store redis   (the real purchase: the Lua script, in batches)
 #   (3) POST /buy/:id with --store memory
 # Every measurement gets a freshly started ticketd (and a flushed private Redis, seeded by
 # `ticketd seed` beforehand) with $TICKETS tickets, so an event never sells out while measured;
-# the peak RSS column is that ticketd's VmHWM. It prints a markdown table; the ratio column is the row's requests/s over
-# the healthz row's at the same connection count, and 2xx/s counts only successful answers
-# (a server shedding load with fast 503s has a high requests/s but a low 2xx/s). Exit status:
+# the peak RSS column is that ticketd's VmHWM. It prints a markdown table; the ratio column is
+# the row's requests/s over the healthz row's at the same connection count (in the same round),
+# and 2xx/s counts only successful answers (a server shedding load with fast 503s has a high
+# requests/s but a low 2xx/s). Exit status:
 # 0 when every row is clean (no sold_out, no other error, the load tester's checks passed),
 # 1 otherwise.
 #
 # Usage: bash loadtest/bench.sh
 #   DURATION=10s           measured time per row
+#   ROUNDS=1               measure every row this many times, interleaved (round 1 of every row,
+#                          then round 2, ...), and report each row's median round: on a shared,
+#                          noisy machine a slow minute then hits every row alike
 #   CONNECTIONS="256 2000 10000"
 #   CASES="healthz buy-redis buy-memory"   a subset re-measures only those rows
 #   TICKETS=2000000        tickets of the event per row
@@ -31,6 +35,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-"256 2000 10000"}
 CASES=${CASES:-"healthz buy-redis buy-memory"}
+ROUNDS=${ROUNDS:-1}
 TICKETS=${TICKETS:-2000000}
 EVENT=1
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -126,8 +131,8 @@ start_ticketd() { # store: starts a fresh ticketd on a free port; sets PORT and 
 declare -A RPS OKPS P50 P99 RSS SOLDOUT OTHER CHECK
 FAILED=0
 
-measure() { # case connections
-  local case=$1 conns=$2 store extra=() rc=0
+measure() { # case connections round
+  local case=$1 conns=$2 round=$3 store extra=() rc=0
   case $case in
     healthz) store=memory; extra=(--method GET --path /healthz) ;;
     buy-redis) store=redis; extra=(--events "$EVENT" --redis-url "$REDIS_URL") ;;
@@ -135,10 +140,10 @@ measure() { # case connections
     *) echo "bench.sh: unknown case $case (healthz, buy-redis, buy-memory)" >&2; exit 1 ;;
   esac
   start_ticketd "$store"
-  echo "measuring $case at $conns connections for $DURATION (ticketd --store $store on :$PORT)..." >&2
+  echo "measuring $case at $conns connections for $DURATION, round $round of $ROUNDS (ticketd --store $store on :$PORT)..." >&2
   "$LOADTEST" --url "http://127.0.0.1:$PORT" --connections "$conns" --duration "$DURATION" \
     --json --no-progress "${extra[@]}" >"$WORK/out.json" 2>"$WORK/err.txt" || rc=$?
-  local key="$case/$conns"
+  local key="$case/$conns/$round"
   RSS[$key]=$(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$TICKETD_PID/status")
   if [ "$store" = redis ]; then # how many purchases shared one script call, on average
     curl -sf "http://127.0.0.1:$PORT/metrics?format=json" | jq -r --arg at "$case/$conns" '.totals.sold as $s | .redis.purchase_batches as $b
@@ -172,33 +177,53 @@ measure() { # case connections
   jq -r '.failures[]' "$j" | sed "s|^|  FAILED at $key: |" >&2
 }
 
-for conns in $CONNECTIONS; do
-  for case in $CASES; do
-    measure "$case" "$conns"
+for round in $(seq "$ROUNDS"); do
+  for conns in $CONNECTIONS; do
+    for case in $CASES; do
+      measure "$case" "$conns" "$round"
+    done
   done
 done
 
+median_round() { # case connections: the round whose requests/s is the median of the rounds
+  local case=$1 conns=$2 r
+  for r in $(seq "$ROUNDS"); do echo "${RPS[$case/$conns/$r]} $r"; done |
+    sort -n | awk '{ rounds[NR] = $2 } END { print rounds[int((NR + 1) / 2)] }'
+}
+
 echo
-echo "ticketd benchmark: $(nproc) cores shared by client and server, $DURATION per row, $TICKETS tickets per row"
+echo "ticketd benchmark: $(nproc) cores shared by client and server, $DURATION per row, $TICKETS tickets per row, median of $ROUNDS interleaved round(s)"
 echo
 echo "| case | connections | requests/s | 2xx/s | p50 (ms) | p99 (ms) | server peak RSS | vs healthz | sold_out | other errors | checks |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for case in $CASES; do
   for conns in $CONNECTIONS; do
-    key="$case/$conns"
-    base=${RPS[healthz/$conns]:-0}
-    if [ "$base" -gt 0 ]; then
-      ratio=$(awk -v a="${RPS[$key]}" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
-    else
-      ratio=-
+    key="$case/$conns/$(median_round "$case" "$conns")"
+    # The ratio: the median over rounds of (this row / healthz at the same connection count),
+    # each pair measured in the same round.
+    ratio=-
+    if [ -n "${RPS[healthz/$conns/1]:-}" ]; then
+      ratio=$(for r in $(seq "$ROUNDS"); do
+        awk -v a="${RPS[$case/$conns/$r]}" -v b="${RPS[healthz/$conns/$r]}" 'BEGIN { if (b > 0) printf "%.4f\n", a / b; else print 0 }'
+      done | sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", v[int((NR + 1) / 2)] }')
     fi
+    # Over all rounds: the peak RSS, every error, and the checks.
+    rss=0 soldout=0 other=0 checks=ok
+    for r in $(seq "$ROUNDS"); do
+      k="$case/$conns/$r"
+      m=${RSS[$k]%% MiB}
+      [ "${m:-0}" -gt "$rss" ] && rss=$m
+      [ "${SOLDOUT[$k]}" = - ] || soldout=$((soldout + SOLDOUT[$k]))
+      [ "${OTHER[$k]}" = - ] || other=$((other + OTHER[$k]))
+      [ "${CHECK[$k]}" = ok ] || checks=${CHECK[$k]}
+    done
     label=$case
     case $case in
       healthz) label="GET /healthz" ;;
       buy-redis) label="POST /buy/$EVENT (redis)" ;;
       buy-memory) label="POST /buy/$EVENT (memory)" ;;
     esac
-    echo "| $label | $conns | ${RPS[$key]} | ${OKPS[$key]} | ${P50[$key]} | ${P99[$key]} | ${RSS[$key]} | $ratio | ${SOLDOUT[$key]} | ${OTHER[$key]} | ${CHECK[$key]} |"
+    echo "| $label | $conns | ${RPS[$key]} | ${OKPS[$key]} | ${P50[$key]} | ${P99[$key]} | $rss MiB | $ratio | $soldout | $other | $checks |"
   done
 done
 if [ "$FAILED" != 0 ]; then
