@@ -152,6 +152,12 @@ async fn no_ticket_twice_on_redis_under_2000_connections() {
     let m = t.metrics_json().await;
     assert_eq!(m["totals"]["sold"], 5000);
     assert_eq!(m["totals"]["unavailable"], 0);
+    // 8000 purchases from 2000 connections at once: concurrent purchases shared script calls.
+    let calls = m["redis"]["purchase_batches"].as_u64().unwrap();
+    assert!(
+        (1..=4000).contains(&calls),
+        "{calls} script calls for 8000 purchases"
+    );
     t.stop().await;
 }
 

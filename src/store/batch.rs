@@ -153,13 +153,18 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
-    let replies = timeout(cx.timeout, futures_util::future::join_all(calls)).await;
+    let mut replies = timeout(cx.timeout, futures_util::future::join_all(calls))
+        .await
+        .map(Vec::into_iter);
     let mut outage = false;
     let mut orders = orders.drain(..);
-    for (i, (range, id)) in batches.into_iter().enumerate() {
+    for (range, id) in batches {
         let batch: Vec<Order> = orders.by_ref().take(range.len()).collect();
-        let reply = match &replies {
-            Ok(replies) => replies[i].clone().map_err(StoreError::Redis),
+        let reply = match &mut replies {
+            Ok(replies) => replies
+                .next()
+                .expect("one reply per call")
+                .map_err(StoreError::Redis),
             Err(_) => Err(StoreError::Timeout(cx.timeout)),
         };
         let reply = reply.and_then(|v| Reply::parse(&v, &batch[0].event));
