@@ -2,8 +2,7 @@
 //! its batch id makes a re-sent call answer the same tickets and a cancelled one sell nothing
 //! (`lua/cancel.lua` gives back exactly what nobody received); concurrent purchases share
 //! script calls and get `remaining` as if sold one by one; a buyer gone before the call is not
-//! sent, and one gone during the call has its ticket put back, whether its purchase was in a
-//! batch or sent alone.
+//! sent, and one gone during the call has its ticket put back.
 
 mod support;
 
@@ -170,9 +169,8 @@ async fn concurrent_purchases_share_script_calls() {
     assert_eq!(tickets.len(), n);
     // Exactly the counts of selling one by one, though the purchases ran in a few calls.
     assert_eq!(remaining, (capacity - n as u64..capacity).collect());
-    // Two connections, round robin. On each, the first purchase found nothing in flight and
-    // went alone; the other n/2 - 1 queued behind it and went in calls of SCRIPT_MAX.
-    let expected = 2 * (1 + (n / 2 - 1).div_ceil(SCRIPT_MAX)) as u64;
+    // Two batchers (one per pooled connection) took n/2 orders each, in calls of SCRIPT_MAX.
+    let expected = 2 * (n / 2).div_ceil(SCRIPT_MAX) as u64;
     assert_eq!(metrics.redis_batches(), expected);
 
     let r = redis.client().await;
@@ -183,113 +181,50 @@ async fn concurrent_purchases_share_script_calls() {
     );
 }
 
-/// Yields until `metrics` counts `calls` script calls sent.
-async fn until_sent(metrics: &Metrics, calls: u64) {
-    let deadline = Instant::now() + WAIT;
-    while metrics.redis_batches() < calls {
-        assert!(Instant::now() < deadline, "call {calls} was never sent");
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Waits until every queued cancellation is done and `n` purchases were made void.
-async fn until_cancelled(store: &RedisStore, metrics: &Metrics, n: u64) {
-    let deadline = Instant::now() + WAIT;
-    while metrics.cancelled() < n || store.pending_cancels() > 0 {
-        assert!(Instant::now() < deadline, "never cancelled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-// One connection and a paused Redis, so that the first purchase's call stays in flight and the
-// next purchases queue behind it for the batcher.
 #[tokio::test]
 async fn a_buyer_gone_before_the_call_is_owed_nothing() {
     let redis = RedisServer::start();
     let (store, event, metrics) = store(&redis, "1", 5, 1).await;
-    redis.signal("STOP");
-    let first = store.purchase(&event);
-    tokio::pin!(first);
-    poll_once(first.as_mut()).await; // sent alone: nothing was in flight
-    until_sent(&metrics, 1).await;
     {
         let gone = store.purchase(&event);
         tokio::pin!(gone);
-        poll_once(gone).await; // queued behind the first, then dropped: the buyer disconnected
+        poll_once(gone).await; // queued, then dropped: the buyer disconnected
     }
-    redis.signal("CONT");
-    assert!(matches!(first.await.unwrap(), Sale::Sold { ticket: 1, .. }));
-    // The next purchase gets the second ticket: nothing was sent for the one that left.
+    // The next purchase gets the first ticket: nothing was sent for the one that left.
     assert!(matches!(
         store.purchase(&event).await.unwrap(),
-        Sale::Sold { ticket: 2, .. }
+        Sale::Sold { ticket: 1, .. }
     ));
-    assert_eq!(metrics.redis_batches(), 2);
+    assert_eq!(metrics.redis_batches(), 1);
     assert_eq!(metrics.cancelled(), 0);
 }
 
 #[tokio::test]
-async fn a_buyer_gone_during_a_batch_gets_its_ticket_put_back() {
+async fn a_buyer_gone_during_the_call_gets_its_ticket_put_back() {
     let redis = RedisServer::start();
     let (store, event, metrics) = store(&redis, "1", 5, 1).await;
-    redis.signal("STOP");
-    let first = store.purchase(&event);
-    tokio::pin!(first);
-    poll_once(first.as_mut()).await;
-    until_sent(&metrics, 1).await;
+    redis.signal("STOP"); // the call will wait in the socket
     {
         let gone = store.purchase(&event);
         tokio::pin!(gone);
-        poll_once(gone).await; // queued
-        until_sent(&metrics, 2).await; // the batcher sent it
+        poll_once(gone).await;
+        let deadline = Instant::now() + WAIT;
+        while metrics.redis_batches() == 0 {
+            assert!(Instant::now() < deadline, "the batch was never sent");
+            tokio::task::yield_now().await;
+        }
     } // the buyer leaves while the call is in Redis
     redis.signal("CONT");
-    // The first purchase's own task sends its call when it is polled again, so Redis may run
-    // the batch before it: which ticket each call got is not fixed, what happens to it is.
-    let Sale::Sold { ticket, .. } = first.await.unwrap() else {
-        panic!("sold out")
-    };
-    let kept = event.ticket_id(ticket);
 
-    // The batch sold the other ticket to nobody; the batcher gives it back.
-    until_cancelled(&store, &metrics, 1).await;
-    let r = redis.client().await;
-    assert_eq!(r.llen::<u64, _>("event:{1}:tickets").await.unwrap(), 4);
-    let sold: HashMap<String, String> = r.hgetall("event:{1}:sold").await.unwrap();
-    assert_eq!(sold.keys().collect::<Vec<_>>(), [&kept]);
-    let batches: HashMap<String, String> = r.hgetall("event:{1}:batches").await.unwrap();
-    let mut records: Vec<&str> = batches.values().map(String::as_str).collect();
-    records.sort();
-    assert_eq!(records, ["1-000001", "1-000002"]); // what a re-sent call would answer
-}
-
-#[tokio::test]
-async fn a_buyer_gone_during_its_own_call_gets_nothing_sold() {
-    let redis = RedisServer::start();
-    let (store, event, metrics) = store(&redis, "1", 5, 1).await;
-    redis.signal("STOP");
-    {
-        let gone = store.purchase(&event);
-        tokio::pin!(gone);
-        poll_once(gone).await; // nothing in flight: sent at once, from the buyer's own task
-        until_sent(&metrics, 1).await;
-    } // the buyer leaves while its call is in Redis: the call is made void
-    redis.signal("CONT");
-
-    // Whichever runs first, the purchase or the cancellation, the ticket ends in the pool.
-    until_cancelled(&store, &metrics, 1).await;
-    let r = redis.client().await;
+    // The script sells a ticket that nobody receives; the batcher gives it back.
     let deadline = Instant::now() + WAIT;
-    while r.llen::<u64, _>("event:{1}:tickets").await.unwrap() < 5 {
-        assert!(Instant::now() < deadline, "the ticket never came back");
+    while metrics.cancelled() < 1 || store.pending_cancels() > 0 {
+        assert!(Instant::now() < deadline, "never cancelled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let r = redis.client().await;
+    assert_eq!(r.llen::<u64, _>("event:{1}:tickets").await.unwrap(), 5);
     assert_eq!(r.hlen::<u64, _>("event:{1}:sold").await.unwrap(), 0);
     let batches: HashMap<String, String> = r.hgetall("event:{1}:batches").await.unwrap();
-    assert_eq!(batches.values().collect::<Vec<_>>(), ["!"]);
-    // Purchases go on normally.
-    assert!(matches!(
-        store.purchase(&event).await.unwrap(),
-        Sale::Sold { .. }
-    ));
+    assert_eq!(batches.values().collect::<Vec<_>>(), ["1-000001"]); // what a re-sent call answers
 }

@@ -16,10 +16,7 @@
 //! queued to be given back: here, in one place.
 
 use std::ops::Range;
-use std::sync::atomic::{
-    AtomicUsize,
-    Ordering::{AcqRel, Relaxed},
-};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,11 +45,11 @@ pub type Answer = Result<Sale, StoreError>;
 
 /// One purchase waiting for its batch.
 #[derive(Debug)]
-struct Order {
+pub struct Order {
     /// The event to sell a ticket of.
-    event: Arc<Event>,
+    pub event: Arc<Event>,
     /// Where the answer goes.
-    reply: oneshot::Sender<Answer>,
+    pub reply: oneshot::Sender<Answer>,
 }
 
 /// What every batcher task shares.
@@ -65,20 +62,11 @@ struct Context {
     ids: Arc<Ids>,
 }
 
-/// The batchers, one per pooled connection, and the round robin over them.
+/// The batcher tasks, one per pooled connection, and the round robin over them.
 #[derive(Debug)]
 pub struct Batcher {
-    lanes: Box<[Lane]>,
+    queues: Box<[mpsc::UnboundedSender<Order>]>,
     next: CachePadded<AtomicUsize>,
-    cx: Arc<Context>,
-}
-
-/// One pooled connection: its batcher task's queue, and the rounds in flight on it.
-#[derive(Debug)]
-struct Lane {
-    client: Client,
-    queue: mpsc::UnboundedSender<Order>,
-    rounds: Arc<CachePadded<AtomicUsize>>,
 }
 
 impl Batcher {
@@ -91,121 +79,49 @@ impl Batcher {
         cancels: Cancels,
         ids: Arc<Ids>,
     ) -> Self {
-        let cx = Arc::new(Context {
+        let context = Arc::new(Context {
             script: LuaScript::new(PURCHASE),
             timeout: bound,
             metrics,
             cancels,
             ids,
         });
-        let lanes = pool
+        let queues = pool
             .clients()
             .iter()
             .map(|client| {
-                let (queue, rx) = mpsc::unbounded_channel();
-                let rounds = Arc::new(CachePadded::new(AtomicUsize::new(0)));
-                tokio::spawn(run(client.clone(), rx, rounds.clone(), cx.clone()));
-                Lane {
-                    client: client.clone(),
-                    queue,
-                    rounds,
-                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(client.clone(), rx, context.clone()));
+                tx
             })
             .collect();
         Self {
-            lanes,
+            queues,
             next: CachePadded::new(AtomicUsize::new(0)),
-            cx,
         }
     }
 
-    /// Sells one ticket of `event` on one of the connections, round robin. While a round is in
-    /// flight there, the purchase joins the next one. When none is, no batch could gather
-    /// anyway: the purchase is sent at once, as a round of its own run by the caller, which
-    /// spares an idle server the hand-offs to and from the batcher task.
-    pub async fn purchase(&self, event: &Arc<Event>) -> Answer {
-        let lane = &self.lanes[self.next.fetch_add(1, Relaxed) % self.lanes.len()];
-        let (reply, mut answer) = oneshot::channel();
-        let order = Order {
-            event: event.clone(),
-            reply,
-        };
-        if let Some(_busy) = Busy::if_idle(&lane.rounds) {
-            // Boxed: a round's future is large, and only idle-time purchases need it here
-            // (design.md, Measurements: every connection's request future pays for its size).
-            Box::pin(round(&lane.client, &mut vec![order], &self.cx)).await;
-            return answer
-                .try_recv()
-                .unwrap_or_else(|_| Err(StoreError::Protocol("purchase left unanswered".into())));
-        }
-        if lane.queue.send(order).is_err() {
-            return Err(StoreError::NotConnected); // the runtime is shutting down
-        }
-        // The batcher answers every order within the timeout: no timer here.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Protocol("purchase batcher stopped".into())))
-    }
-}
-
-/// A round in flight on a connection, counted while it lives.
-struct Busy<'a>(&'a AtomicUsize);
-
-impl<'a> Busy<'a> {
-    fn enter(rounds: &'a AtomicUsize) -> Self {
-        rounds.fetch_add(1, AcqRel);
-        Self(rounds)
-    }
-
-    /// A round, if none is in flight.
-    fn if_idle(rounds: &'a AtomicUsize) -> Option<Self> {
-        rounds
-            .compare_exchange(0, 1, AcqRel, Relaxed)
-            .ok()
-            .map(|_| Self(rounds))
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, AcqRel);
+    /// Queues `order` for the next round of one of the batchers.
+    ///
+    /// # Errors
+    /// The order back, when the batchers have stopped (the runtime is shutting down).
+    pub fn submit(&self, order: Order) -> Result<(), Order> {
+        let i = self.next.fetch_add(1, Relaxed) % self.queues.len();
+        self.queues[i].send(order).map_err(|e| e.0)
     }
 }
 
 /// One batcher: rounds until every sender is gone.
-async fn run(
-    client: Client,
-    mut rx: mpsc::UnboundedReceiver<Order>,
-    rounds: Arc<CachePadded<AtomicUsize>>,
-    cx: Arc<Context>,
-) {
+async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Order>, cx: Arc<Context>) {
     let mut orders = Vec::with_capacity(ROUND_MAX);
     while rx.recv_many(&mut orders, ROUND_MAX).await > 0 {
-        let busy = Busy::enter(&rounds);
         let outage = round(&client, &mut orders, &cx).await;
-        drop(busy);
         if outage {
             // Redis just failed: what queued meanwhile was never sent, so nothing of it can have
             // sold. It goes to the fallback now instead of waiting out another timeout.
             while let Ok(order) = rx.try_recv() {
                 let _ = order.reply.send(Err(StoreError::NotConnected));
             }
-        }
-    }
-}
-
-/// The calls of a round whose outcome nobody has handled yet. Dropped so (the round's future
-/// was dropped while its calls were in Redis: the buyer running it disconnected, or the runtime
-/// went down), it makes them void: they may have sold tickets that nobody will receive.
-struct Unsettled<'a> {
-    calls: Vec<(Arc<Event>, Bytes, u64)>,
-    cancels: &'a Cancels,
-}
-
-impl Drop for Unsettled<'_> {
-    fn drop(&mut self) {
-        for (event, id, purchases) in self.calls.drain(..) {
-            self.cancels.void(&event, id, purchases);
         }
     }
 }
@@ -230,16 +146,6 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         .into_iter()
         .map(|range| (range, cx.ids.id(cx.ids.next())))
         .collect();
-    let mut unsettled = Unsettled {
-        calls: batches
-            .iter()
-            .map(|(range, id)| {
-                let event = orders[range.start].event.clone();
-                (event, id.clone(), range.len() as u64)
-            })
-            .collect(),
-        cancels: &cx.cancels,
-    };
     let calls = batches.iter().map(|(range, id)| {
         cx.metrics.redis_batch();
         let args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
@@ -250,7 +156,6 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     let mut replies = timeout(cx.timeout, futures_util::future::join_all(calls))
         .await
         .map(Vec::into_iter);
-    unsettled.calls.clear(); // every outcome is handled below
     let mut outage = false;
     let mut orders = orders.drain(..);
     for (range, id) in batches {

@@ -20,12 +20,12 @@ use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, UnresponsiveConfig};
 use fred::types::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
 use crate::event::{Event, EventKeys};
 use crate::metrics::{Metrics, RedisErrorKind};
-use crate::store::batch::Batcher;
+use crate::store::batch::{Batcher, Order};
 use crate::store::scripts::{LuaScript, CANCEL};
 use crate::store::{Sale, StoreError};
 
@@ -286,7 +286,19 @@ impl RedisStore {
                 }
             },
         };
-        let result = self.batcher.purchase(event).await;
+        let (reply, answer) = oneshot::channel();
+        let order = Order {
+            event: event.clone(),
+            reply,
+        };
+        let result = match self.batcher.submit(order) {
+            // The batcher answers every order within the timeout: no timer here. It stops only
+            // when the runtime goes down.
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Protocol("purchase batcher stopped".into()))),
+            Err(_) => Err(StoreError::NotConnected),
+        };
         if let Err(e) = &result {
             if !matches!(e, StoreError::HeldInReserves(_)) {
                 self.metrics.redis_error(error_kind(e));
