@@ -38,18 +38,10 @@ CASES=${CASES:-"healthz buy-redis buy-memory"}
 ROUNDS=${ROUNDS:-1}
 TICKETS=${TICKETS:-2000000}
 EVENT=1
-TARGET=${CARGO_TARGET_DIR:-target}
 
-for tool in redis-server redis-cli curl jq; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is needed" >&2; exit 1; }
-done
-
-if [ -z "${TICKETD_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
-  echo "building ticketd and loadtest (release)..." >&2
-  cargo build --release -q -p ticketd -p loadtest
-fi
-TICKETD=${TICKETD_BIN:-$TARGET/release/ticketd}
-LOADTEST=${LOADTEST_BIN:-$TARGET/release/loadtest}
+. loadtest/common.sh
+need bench.sh redis-server redis-cli curl jq
+binaries
 
 WORK=$(mktemp -d -t ticketd-bench.XXXXXX)
 REDIS_PID=

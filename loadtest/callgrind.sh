@@ -21,17 +21,10 @@ CASES=${CASES:-"healthz buy-memory buy-redis"}
 CONNECTIONS=${CONNECTIONS:-64}
 N1=${N1:-5000}
 N2=${N2:-25000}
-TARGET=${CARGO_TARGET_DIR:-target}
 
-for tool in valgrind redis-server redis-cli curl jq; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "callgrind.sh: $tool is needed" >&2; exit 1; }
-done
-if [ -z "${TICKETD_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
-  echo "building ticketd and loadtest (release)..." >&2
-  cargo build --release -q -p ticketd -p loadtest
-fi
-TICKETD=${TICKETD_BIN:-$TARGET/release/ticketd}
-LOADTEST=${LOADTEST_BIN:-$TARGET/release/loadtest}
+. loadtest/common.sh
+need callgrind.sh valgrind redis-server redis-cli curl jq python3
+binaries
 
 WORK=$(mktemp -d -t ticketd-callgrind.XXXXXX)
 REDIS_PID=

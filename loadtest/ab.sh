@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Before against after, on a noisy machine: two ticketd builds side by side on one private Redis,
+# loaded in alternating short runs, so that whatever else the machine does hits both alike.
+#
+# Build A sells event 1 and build B event 2 of the same redis-server (a free port in a temporary
+# directory, never 6379). Each round loads A, then B, with the same load tester; the rounds
+# alternate which goes first. It prints requests/s per round and the mean of B over A.
+#
+# Usage: bash loadtest/ab.sh A_BINARY B_BINARY
+#   CONNECTIONS=1   load tester connections
+#   RUN=1s          length of one run
+#   ROUNDS=10
+#   LOADTEST_BIN    the load tester (default: a release build)
+#   Any TICKETD_* setting reaches both servers.
+# Needs redis-server, redis-cli, curl and jq.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ $# = 2 ] || { echo "usage: bash loadtest/ab.sh A_BINARY B_BINARY" >&2; exit 64; }
+A_BIN=$1
+B_BIN=$2
+CONNECTIONS=${CONNECTIONS:-1}
+RUN=${RUN:-1s}
+ROUNDS=${ROUNDS:-10}
+
+. loadtest/common.sh
+need ab.sh redis-server redis-cli curl jq python3
+TICKETD_BIN=$A_BIN binaries # builds the load tester unless LOADTEST_BIN is given
+
+WORK=$(mktemp -d -t ticketd-ab.XXXXXX)
+PIDS=()
+REDIS_PORT=
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { # a free port from the kernel, never 6379
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+  >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+"$A_BIN" seed --redis-url "$REDIS_URL" --events 1=2000000,2=2000000 >/dev/null
+
+start() { # binary event: prints the port once the server answers
+  local port
+  port=$(free_port)
+  "$1" --store redis --redis-url "$REDIS_URL" --events "$2=2000000" \
+    --listen "127.0.0.1:$port" >"$WORK/ticketd-$2.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "$port"
+}
+A_PORT=$(start "$A_BIN" 1)
+B_PORT=$(start "$B_BIN" 2)
+
+load() { # port event: requests/s of one run
+  "$LOADTEST" --url "http://127.0.0.1:$1" --connections "$CONNECTIONS" --duration "$RUN" \
+    --events "$2" --no-progress --json | jq '.requests_per_second | floor'
+}
+
+echo "A: $A_BIN"
+echo "B: $B_BIN"
+echo "$CONNECTIONS connection(s), $RUN per run, $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then
+    a=$(load "$A_PORT" 1)
+    b=$(load "$B_PORT" 2)
+  else
+    b=$(load "$B_PORT" 2)
+    a=$(load "$A_PORT" 1)
+  fi
+  echo "$a $b"
+done | awk '{ a += $1; b += $2; print "round " NR ": A " $1 "/s, B " $2 "/s" }
+  END { printf "mean: A %d/s, B %d/s, B/A %.3f\n", a / NR, b / NR, b / a }'
