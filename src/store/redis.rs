@@ -2,11 +2,12 @@
 //! pipeline concurrent commands on their connections; concurrent purchases of one event share
 //! one script call ([`crate::store::batch`]).
 //!
-//! Every purchase carries a purchase id unique to this process and request. The script checks it
-//! first, so a call that fred re-sends after a reconnect returns the ticket it already sold
-//! instead of selling another. A purchase whose outcome is unknown (timeout, lost connection) is
-//! queued for cancellation: a background task runs `lua/cancel.lua` once Redis answers, which
-//! puts the ticket back if the call did sell one and voids the id so a late copy cannot.
+//! Every script call carries a batch id unique to this process. The script checks it first, so
+//! a call that fred re-sends after a reconnect answers the tickets it already sold instead of
+//! selling again. A batch whose outcome is unknown (timeout, lost connection), and a ticket whose
+//! buyer left before the answer, are queued for cancellation: a background task runs
+//! `lua/cancel.lua` once Redis answers, which gives back what the batch sold to nobody and voids
+//! the batch id so a late copy cannot sell.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -161,7 +162,7 @@ pub struct RedisStore {
     queue_timeout: Duration,
     /// Purchase and batch ids; the instance part also names this instance's reserve keys.
     ids: Arc<Ids>,
-    /// Purchases queued for cancellation and not yet made void.
+    /// Batches and tickets queued to be made void or given back.
     cancels: Cancels,
     metrics: Arc<Metrics>,
 }
@@ -233,8 +234,9 @@ impl RedisStore {
         }
     }
 
-    /// Purchases of unknown outcome not yet made void. Their tickets may still come back to the
-    /// pool, so the fallback stays on (no "sold out" from Redis) until this is 0.
+    /// Cancellations not yet done (batches of unknown outcome, tickets whose buyers left). Their
+    /// tickets may still come back to the pool, so the fallback stays on (no "sold out" from
+    /// Redis) until this is 0.
     pub fn pending_cancels(&self) -> u64 {
         self.cancels.pending()
     }
