@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: command line and environment, exit code 64 on bad settings.
-//! - [`run`]: start-up: picks the store, seeds, refreshes the catalogue, serves.
+//! - [`run`](mod@run): start-up: picks the store, seeds, refreshes the catalogue, serves.
 //! - [`server`]: accept loop, hyper HTTP/1.1 connections, graceful shutdown.
 //! - [`app`]: the service: one request in, one response out, no socket needed.
 //! - [`router`]: routing by slicing the path.
