@@ -31,7 +31,7 @@ WORK=$(mktemp -d -t ticketd-ab.XXXXXX)
 PIDS=()
 REDIS_PORT=
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
   if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -39,32 +39,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { # a free port from the kernel, never 6379
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
-  >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+start_redis "$WORK"
 "$A_BIN" seed --redis-url "$REDIS_URL" --events 1=2000000,2=2000000 >/dev/null
 
-start() { # binary event: prints the port once the server answers
-  local port
-  port=$(free_port)
+start() { # binary event port: starts one server (in this shell, so cleanup stops it)
   "$1" --store redis --redis-url "$REDIS_URL" --events "$2=2000000" \
-    --listen "127.0.0.1:$port" >"$WORK/ticketd-$2.log" 2>&1 &
+    --listen "127.0.0.1:$3" >"$WORK/ticketd-$2.log" 2>&1 &
   PIDS+=($!)
+}
+
+wait_ready() { # port
   for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  echo "$port"
+  echo "ab.sh: ticketd on :$1 did not become ready" >&2
+  exit 1
 }
-A_PORT=$(start "$A_BIN" 1)
-B_PORT=$(start "$B_BIN" 2)
+
+A_PORT=$(free_port)
+B_PORT=$(free_port)
+start "$A_BIN" 1 "$A_PORT"
+start "$B_BIN" 2 "$B_PORT"
+wait_ready "$A_PORT"
+wait_ready "$B_PORT"
 
 load() { # port event: requests/s of one run
   "$LOADTEST" --url "http://127.0.0.1:$1" --connections "$CONNECTIONS" --duration "$RUN" \
