@@ -62,7 +62,8 @@ pub fn validate_event_id(id: &str) -> Result<(), EventIdError> {
 pub struct EventKeys {
     /// `event:{id}:tickets`: LIST of the ticket ids not yet sold.
     pub tickets: Key,
-    /// `event:{id}:sold`: HASH ticket id -> purchase record `<purchase id> <unix ms>`.
+    /// `event:{id}:sold`: HASH ticket id -> sale record `<batch id> <unix ms>`, or
+    /// `<purchase id> <unix ms> fallback` for a sale from a reserve.
     pub sold: Key,
     /// `event:{id}:batches`: HASH batch id -> the ticket ids it sold (or `!` once cancelled), so a
     /// re-sent or late purchase call can never sell twice.

@@ -122,10 +122,4 @@ impl StoreError {
             _ => false,
         }
     }
-
-    /// Whether a purchase that failed this way may still have taken a ticket in Redis (the call
-    /// may have run, or its reply was not understood): such a purchase must be made void.
-    pub fn outcome_unknown(&self) -> bool {
-        self.is_outage() || matches!(self, StoreError::Redis(_) | StoreError::Protocol(_))
-    }
 }

@@ -196,11 +196,22 @@ fn batches(orders: &[Order]) -> Vec<Range<usize>> {
     out
 }
 
+/// What the script did with one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Sold now (1), or before, to an earlier copy of a re-sent call (2): the first purchases
+    /// get the reply's tickets, the rest found the pool empty.
+    Sold,
+    /// The batch was made void before it ran (-1): nothing sold.
+    Cancelled,
+    /// The event is not in this Redis (-2): nothing sold, never "sold out".
+    Missing,
+}
+
 /// The script's reply for one batch (see `lua/purchase.lua`).
 #[derive(Debug, PartialEq, Eq)]
 struct Reply {
-    /// 1 sold now, 2 re-sent, -1 cancelled, -2 missing in Redis.
-    status: i64,
+    status: Status,
     /// Pool + reserves after the call.
     unsold: u64,
     /// Held in reserves.
@@ -237,8 +248,15 @@ impl Reply {
             }
             start += id.len() + 1;
         }
+        let status = match status.as_i64() {
+            Some(1 | 2) => Status::Sold,
+            Some(-1) => Status::Cancelled,
+            Some(-2) => Status::Missing,
+            Some(_) => return Err(bad("unknown status")),
+            None => return Err(bad("no status")),
+        };
         Ok(Self {
-            status: status.as_i64().ok_or_else(|| bad("no status"))?,
+            status,
             unsold: number(unsold)?,
             reserved: number(reserved)?,
             tickets,
@@ -254,17 +272,14 @@ fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
     let event = batch[0].event.clone();
     for (k, order) in batch.into_iter().enumerate() {
         let answer = match reply.status {
-            1 | 2 if k < m => Ok(Sale::Sold {
+            Status::Sold if k < m => Ok(Sale::Sold {
                 ticket: reply.tickets[k].0,
                 remaining: reply.unsold + (m - k - 1) as u64,
             }),
-            1 | 2 if reply.reserved > 0 => Err(StoreError::HeldInReserves(reply.reserved)),
-            1 | 2 => Ok(Sale::SoldOut),
-            -1 => Err(StoreError::Cancelled),
-            -2 => Err(StoreError::MissingInRedis),
-            _ => Err(StoreError::Protocol(
-                "unknown status in purchase reply".into(),
-            )),
+            Status::Sold if reply.reserved > 0 => Err(StoreError::HeldInReserves(reply.reserved)),
+            Status::Sold => Ok(Sale::SoldOut),
+            Status::Cancelled => Err(StoreError::Cancelled),
+            Status::Missing => Err(StoreError::MissingInRedis),
         };
         if let Err(Ok(Sale::Sold { .. })) = order.reply.send(answer) {
             // Sold to a buyer who is gone: nobody will ever receive this ticket.
@@ -318,7 +333,7 @@ mod tests {
     fn replies_parse() {
         let e = Event::new("7", 100, 0);
         let r = Reply::parse(&reply(1, 58, 0, "7-000041 7-000042"), &e).unwrap();
-        assert_eq!((r.status, r.unsold, r.reserved), (1, 58, 0));
+        assert_eq!((r.status, r.unsold, r.reserved), (Status::Sold, 58, 0));
         let numbers: Vec<u64> = r.tickets.iter().map(|t| t.0).collect();
         assert_eq!(numbers, [41, 42]);
         assert_eq!(&r.tickets[1].1[..], b"7-000042");
@@ -326,6 +341,25 @@ mod tests {
             .unwrap()
             .tickets
             .is_empty());
+        assert_eq!(
+            Reply::parse(&reply(2, 3, 0, "7-000042"), &e)
+                .unwrap()
+                .status,
+            Status::Sold
+        );
+        assert_eq!(
+            Reply::parse(&reply(-1, 0, 0, ""), &e).unwrap().status,
+            Status::Cancelled
+        );
+        assert_eq!(
+            Reply::parse(&reply(-2, 0, 0, ""), &e).unwrap().status,
+            Status::Missing
+        );
+        // A status the script never returns is not understood: the round makes the batch void.
+        for status in [7, 9] {
+            let err = Reply::parse(&reply(status, 0, 0, ""), &e).unwrap_err();
+            assert!(err.to_string().contains("unexpected"), "{status}: {err}");
+        }
         let bad = [
             reply(1, 0, 0, "8-000001"),
             reply(1, 0, 0, "7-x"),
@@ -336,6 +370,12 @@ mod tests {
                 Value::Integer(0),
                 Value::Integer(0),
                 "".into(),
+            ]),
+            Value::Array(vec![
+                Value::Integer(1),
+                Value::Integer(0),
+                Value::Integer(0),
+                Value::Null,
             ]),
         ];
         for v in bad {
@@ -383,7 +423,7 @@ mod tests {
                 (2, Bytes::from_static(b"7-000002")),
             ],
         };
-        let got = answers(sold(1, 0), 3);
+        let got = answers(sold(Status::Sold, 0), 3);
         assert_eq!(
             got[0].as_ref().unwrap(),
             &Sale::Sold {
@@ -399,7 +439,7 @@ mod tests {
             }
         );
         assert_eq!(got[2].as_ref().unwrap(), &Sale::SoldOut);
-        let got = answers(sold(2, 4), 3);
+        let got = answers(sold(Status::Sold, 4), 3);
         assert!(matches!(got[2], Err(StoreError::HeldInReserves(4))));
         assert_eq!(cx.cancels.pending(), 0);
 
@@ -416,10 +456,18 @@ mod tests {
                 reply: tx,
             },
         ];
-        answer(orders, &sold(1, 0), Bytes::from_static(b"b:2"), &cx);
+        answer(
+            orders,
+            &sold(Status::Sold, 0),
+            Bytes::from_static(b"b:2"),
+            &cx,
+        );
         assert!(rx2.try_recv().unwrap().is_ok());
         assert_eq!(cx.cancels.pending(), 1);
-        for (status, want) in [(-1, "cancelled"), (-2, "missing"), (9, "unexpected")] {
+        for (status, want) in [
+            (Status::Cancelled, "cancelled"),
+            (Status::Missing, "missing"),
+        ] {
             let r = Reply {
                 status,
                 unsold: 0,
@@ -429,7 +477,7 @@ mod tests {
             let got = answers(r, 1);
             assert!(
                 got[0].as_ref().unwrap_err().to_string().contains(want),
-                "{status}: {got:?}"
+                "{status:?}: {got:?}"
             );
         }
     }

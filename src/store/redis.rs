@@ -341,37 +341,6 @@ impl RedisStore {
     }
 }
 
-/// Reads one purchase's `(status, ticket, count)` of the script's reply (see `lua/purchase.lua`).
-///
-/// # Errors
-/// What the status means when no ticket was sold, or [`StoreError::Protocol`] for a reply the
-/// script never gives.
-pub fn parse_status(
-    event: &Event,
-    status: i64,
-    ticket: &Value,
-    count: u64,
-) -> Result<Sale, StoreError> {
-    let bad = |why: &str| StoreError::Protocol(format!("{why} in purchase reply"));
-    match status {
-        1 | 2 => {
-            let id = ticket.as_bytes().ok_or_else(|| bad("no ticket"))?;
-            let ticket = event
-                .parse_ticket_id(id)
-                .ok_or_else(|| bad("foreign ticket id"))?;
-            Ok(Sale::Sold {
-                ticket,
-                remaining: count,
-            })
-        }
-        0 if count > 0 => Err(StoreError::HeldInReserves(count)),
-        0 => Ok(Sale::SoldOut),
-        -1 => Err(StoreError::Cancelled),
-        -2 => Err(StoreError::MissingInRedis),
-        _ => Err(bad("unknown status")),
-    }
-}
-
 /// Which counter a failure goes to.
 pub fn error_kind(e: &StoreError) -> RedisErrorKind {
     match e {
@@ -448,52 +417,5 @@ async fn cancel_loop(
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn one(e: &Event, status: i64, ticket: &str, count: u64) -> Result<Sale, StoreError> {
-        parse_status(e, status, &Value::String(ticket.into()), count)
-    }
-
-    #[test]
-    fn statuses_parse() {
-        let e = Event::new("7", 100, 0);
-        assert_eq!(
-            one(&e, 1, "7-000042", 58).unwrap(),
-            Sale::Sold {
-                ticket: 42,
-                remaining: 58
-            }
-        );
-        assert_eq!(
-            one(&e, 2, "7-000042", 3).unwrap(),
-            Sale::Sold {
-                ticket: 42,
-                remaining: 3
-            }
-        );
-        assert_eq!(one(&e, 0, "", 0).unwrap(), Sale::SoldOut);
-        assert!(matches!(
-            one(&e, 0, "", 5),
-            Err(StoreError::HeldInReserves(5))
-        ));
-        assert!(matches!(one(&e, -1, "", 0), Err(StoreError::Cancelled)));
-        assert!(matches!(
-            one(&e, -2, "", 0),
-            Err(StoreError::MissingInRedis)
-        ));
-        assert!(matches!(
-            one(&e, 1, "8-000001", 0),
-            Err(StoreError::Protocol(_))
-        ));
-        assert!(matches!(one(&e, 7, "", 0), Err(StoreError::Protocol(_))));
-        assert!(matches!(
-            parse_status(&e, 1, &Value::Null, 0),
-            Err(StoreError::Protocol(_))
-        ));
     }
 }
