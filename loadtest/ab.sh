@@ -24,16 +24,15 @@ RUN=${RUN:-1s}
 ROUNDS=${ROUNDS:-10}
 
 . loadtest/common.sh
-need ab.sh redis-server redis-cli curl jq python3
+need ab.sh redis-server redis-cli curl jq
 TICKETD_BIN=$A_BIN binaries # builds the load tester unless LOADTEST_BIN is given
 
 WORK=$(mktemp -d -t ticketd-ab.XXXXXX)
 PIDS=()
-REDIS_PORT=
+REDIS_PID=
 cleanup() {
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
-  wait 2>/dev/null || true
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  stop_pid "$REDIS_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -47,18 +47,6 @@ WORK=$(mktemp -d -t ticketd-bench.XXXXXX)
 REDIS_PID=
 TICKETD_PID=
 
-stop_pid() { # pid: TERM, up to 5 s, then KILL
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   stop_pid "$TICKETD_PID"
   stop_pid "$REDIS_PID"
@@ -67,29 +55,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() { # a port below the ephemeral range that nothing listens on (never 6379)
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 10000))
-    if [ "$p" != 6379 ] && port_is_free "$p"; then echo "$p"; return 0; fi
-  done
-  echo "bench.sh: no free port found" >&2
-  return 1
-}
-
-REDIS_PORT=$(free_port)
 mkdir -p "$WORK/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$WORK/redis" --maxclients 1000 >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 100); do
-  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "bench.sh: redis-server did not start" >&2; cat "$WORK/redis.log" >&2; exit 1; }
-REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+start_redis "$WORK/redis" --maxclients 1000
 
 start_ticketd() { # store: starts a fresh ticketd on a free port; sets PORT and TICKETD_PID
   local store=$1

@@ -23,19 +23,13 @@ N1=${N1:-5000}
 N2=${N2:-25000}
 
 . loadtest/common.sh
-need callgrind.sh valgrind redis-server redis-cli curl jq python3
+need callgrind.sh valgrind redis-server redis-cli curl jq
 binaries
 
 WORK=$(mktemp -d -t ticketd-callgrind.XXXXXX)
 REDIS_PID=
-REDIS_PORT=
-SERVER_PID=
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$REDIS_PID" ]; then
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill -KILL "$REDIS_PID" 2>/dev/null || true
-  fi
-  wait 2>/dev/null || true
+  stop_pid "$REDIS_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -44,7 +38,7 @@ trap 'exit 130' INT TERM
 start_redis "$WORK"
 
 count() { # case requests: instructions of one whole ticketd run serving that many requests
-  local case=$1 n=$2 store=memory extra=(--events 1) port
+  local case=$1 n=$2 store=memory extra=(--events 1) port server
   case $case in
     healthz) extra=(--method GET --path /healthz) ;;
     buy-memory) ;;
@@ -59,7 +53,7 @@ count() { # case requests: instructions of one whole ticketd run serving that ma
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$TICKETD" --store "$store" \
     --redis-url "$REDIS_URL" --events 1=1000000 --listen "127.0.0.1:$port" --stats-interval 0 \
     >"$WORK/ticketd.log" 2>&1 &
-  SERVER_PID=$!
+  server=$!
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
     sleep 0.1
@@ -70,9 +64,9 @@ count() { # case requests: instructions of one whole ticketd run serving that ma
     curl -sf "http://127.0.0.1:$port/metrics?format=json" |
       jq -r '"\(.totals.sold) \(.redis.purchase_batches)"' >"$WORK/batches"
   fi
-  kill -TERM "$SERVER_PID"
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=
+  # Not stop_pid: callgrind writes its counts on exit, however long that takes.
+  kill -TERM "$server"
+  wait "$server" 2>/dev/null || true
   grep -E '^(summary|totals):' "$WORK/cg.out" | head -1 | awk '{print $2}'
 }
 

@@ -1,5 +1,5 @@
-# Shared by bench.sh and callgrind.sh (sourced, not run): the tools they need and the binaries
-# they measure.
+# Shared by bench.sh, callgrind.sh and ab.sh (sourced, not run): the tools they need, the
+# binaries they measure, free ports, a private redis-server, and stopping what they started.
 
 need() { # script tool...: exits with a message naming the first tool missing from PATH
   local script=$1 tool
@@ -19,18 +19,40 @@ binaries() { # sets TICKETD and LOADTEST: $TICKETD_BIN and $LOADTEST_BIN, or a f
   LOADTEST=${LOADTEST_BIN:-$target/release/loadtest}
 }
 
-free_port() { # a port the kernel has free now (never 6379: that one is never handed out free)
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() { # a port below the ephemeral range that nothing listens on (never 6379)
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 10000))
+    if [ "$p" != 6379 ] && port_is_free "$p"; then echo "$p"; return 0; fi
+  done
+  echo "no free port found" >&2
+  return 1
 }
 
-start_redis() { # dir: a private redis-server on a free port, data in dir; sets REDIS_PORT,
-  # REDIS_PID and REDIS_URL (stop it with: redis-cli -p "$REDIS_PORT" shutdown nosave)
+stop_pid() { # pid: TERM, up to 5 s, then KILL
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+start_redis() { # dir [redis-server option...]: a private redis-server on a free port, its data
+  # and log in dir; sets REDIS_PORT, REDIS_PID and REDIS_URL (stop it with stop_pid)
+  local dir=$1
+  shift
   REDIS_PORT=$(free_port)
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$1" \
-    >"$1/redis.log" 2>&1 &
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+    "$@" >"$dir/redis.log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 ||
-    { echo "redis-server did not start:" >&2; cat "$1/redis.log" >&2; exit 1; }
+    { echo "redis-server did not start:" >&2; cat "$dir/redis.log" >&2; exit 1; }
   REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 }
