@@ -107,7 +107,7 @@ impl<S: Store> App<S> {
             Route::BadEventId => ApiError::BadEventId.into_response(),
             Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
             // Boxed: rare routes with kilobyte-sized Redis futures must not size the request
-            // future of every connection (see `RedisStore::purchase`).
+            // future of every connection (design.md, Measurements; a test bounds its size).
             Route::Readyz => Box::pin(self.readyz()).await,
             Route::Metrics => Box::pin(self.metrics_response(&req)).await,
             Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow).into_response(),
