@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cursor;
+pub mod journal;
 pub mod memory;
 pub mod redis;
 pub mod reserve;
