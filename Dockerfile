@@ -9,7 +9,7 @@
 # manifests and the lock file go into it), so editing the sources rebuilds ticketd and loadtest
 # alone.
 
-# Any Rust release at or above the crate's rust-version (1.85) builds it; `1` follows the newest.
+# Any Rust release at or above the crate's rust-version (1.89) builds it; `1` follows the newest.
 ARG RUST_VERSION=1
 
 ############################################################################################

@@ -71,7 +71,12 @@ fn purchase(c: &mut Criterion) {
         pool.init().await.unwrap();
         seed_event(&pool, "bench", 3_000_000, false).await.unwrap();
         let catalog = Catalog::new([("bench", 3_000_000)]);
-        let store = Arc::new(RedisStore::new(pool, &options, Arc::new(Metrics::new())));
+        let store = Arc::new(RedisStore::new(
+            pool,
+            &options,
+            Arc::new(Metrics::new()),
+            ticketd::store::ids::Ids::random(),
+        ));
         (store, catalog.get("bench").unwrap())
     });
     let mut g = c.benchmark_group("redis_round_trip");

@@ -1,7 +1,7 @@
 -- Gives back what a purchase batch sold to nobody.
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:batches
--- (KEYS[4] and KEYS[5] are passed as for purchase.lua and not used)
+-- (KEYS[4] to KEYS[6] are passed as for purchase.lua and not used)
 -- ARGV[1] batch id
 -- ARGV[2..] ticket ids whose buyers left before the answer arrived; none when the caller never
 --           learned the batch's outcome (timeout, lost connection, unreadable reply)

@@ -3,11 +3,12 @@
 -- KEYS[1] event:{id}:seed:<nonce>  LIST built by the seeder (absent when the capacity is 0)
 -- KEYS[2] event:{id}:tickets, KEYS[3] event:{id}:sold, KEYS[4] event:{id}:batches
 -- KEYS[5] event:{id}:meta          HASH capacity -> N
--- KEYS[6] event:{id}:leases, KEYS[7] event:{id}:reserved
+-- KEYS[6] event:{id}:leases, KEYS[7] event:{id}:reserved, KEYS[8] event:{id}:held,
+-- KEYS[9] event:{id}:stale
 -- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger, ARGV[3] id
 --
--- A reset also drops every instance's fallback reserve of the event (the reserve keys are named
--- from the lease set; they share the event's hash tag, so the script stays in one slot). Stop
+-- A reset also drops every instance's fallback reserve of the event, live or held back (the
+-- reserve keys are named from the lease set and the held-back hash; they share the event's hash tag, so the script stays in one slot). Stop
 -- the instances selling the event before a reset: an instance selling from memory while Redis
 -- is unreachable would not learn of it.
 --
@@ -21,7 +22,10 @@ end
 for _, instance in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
   redis.call('DEL', 'event:{' .. ARGV[3] .. '}:reserve:' .. instance)
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
+for _, instance in ipairs(redis.call('HKEYS', KEYS[8])) do
+  redis.call('DEL', 'event:{' .. ARGV[3] .. '}:reserve:' .. instance)
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])

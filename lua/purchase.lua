@@ -5,7 +5,9 @@
 -- KEYS[3] event:{id}:batches    HASH batch id -> the ticket ids it sold, space-separated, or "!"
 --                               once cancelled
 -- KEYS[4] event:{id}:meta       HASH capacity -> N, present once the event is seeded
--- KEYS[5] event:{id}:reserved   STRING: tickets held in instances' fallback reserves
+-- KEYS[5] event:{id}:reserved   STRING: tickets held in instances' live fallback reserves
+-- KEYS[6] event:{id}:stale      SET of tickets recorded as sold by a late settlement while they
+--                               still sat in the pool (see settle.lua): skipped when popped
 -- ARGV[1] batch id, unique per call ("<instance>:<n>")
 -- ARGV[2] purchases in the batch, n >= 1
 --
@@ -22,8 +24,8 @@
 --
 -- The batch id is checked first, so a call that the client re-sends after a reconnect, or that
 -- arrives after the caller gave up and cancelled it, can never sell a second time. The work is
--- five commands whatever n is: one LPOP with a count, one HSET into the ledger, one HSET of the
--- batch record, and two reads.
+-- the same few commands whatever n is: one LPOP with a count, one HSET into the ledger, one HSET
+-- of the batch record, and O(1) reads (the stale set is checked with one EXISTS).
 local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
 local prior = redis.call('HGET', KEYS[3], ARGV[1])
 if prior then
@@ -33,7 +35,24 @@ if prior then
   end
   return {2, unsold, reserved, prior}
 end
-local popped = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
+local n = tonumber(ARGV[2])
+local popped = redis.call('LPOP', KEYS[1], n)
+if popped and redis.call('EXISTS', KEYS[6]) == 1 then
+  -- Rare: an operator released a held-back reserve and its owner then settled sales from it.
+  local fresh = {}
+  while popped do
+    for _, ticket in ipairs(popped) do
+      if redis.call('SREM', KEYS[6], ticket) == 0 then
+        fresh[#fresh + 1] = ticket
+      end
+    end
+    if #fresh == n then
+      break
+    end
+    popped = redis.call('LPOP', KEYS[1], n - #fresh)
+  end
+  popped = #fresh > 0 and fresh
+end
 if not popped then
   if redis.call('EXISTS', KEYS[4]) == 0 then
     return {-2, 0, 0, ''}

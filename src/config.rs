@@ -41,9 +41,10 @@ pub enum Command {
 /// Settings shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Redis to sell from.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
-    pub redis_url: String,
+    /// Redis to sell from. Unset: the service runs in memory (with `--store auto`), and `seed`
+    /// and `--store redis` use redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
     /// Log format: human-readable lines or one JSON object per line. Filter with RUST_LOG.
     #[arg(long, env = "TICKETD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -62,8 +63,8 @@ pub struct ServeArgs {
     /// existing ones are left as they are.
     #[arg(long, env = "TICKETD_EVENTS", default_value = "", value_parser = parse_events)]
     pub events: EventSpecs,
-    /// Where tickets live: redis; memory (nothing persisted); auto: Redis, or memory when Redis
-    /// cannot be reached at start-up.
+    /// Where tickets live: redis; memory (nothing persisted); auto: Redis when a Redis URL is
+    /// configured (503 until it answers, never memory), memory when none is.
     #[arg(long, env = "TICKETD_STORE", value_enum, default_value_t = StoreKind::Auto)]
     pub store: StoreKind,
     /// Clients (connections) in the fred pool; each pipelines concurrent commands.
@@ -79,7 +80,7 @@ pub struct ServeArgs {
     /// How long a purchase may wait for a Redis slot before it is shed with 503.
     #[arg(long, env = "TICKETD_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
-    /// How long to wait for Redis at start-up before `--store auto` falls back to memory.
+    /// How long to wait for Redis at start-up before serving (503 until Redis answers).
     #[arg(long, env = "TICKETD_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// How often to re-read the event catalogue from Redis (events seeded while running).
@@ -94,7 +95,7 @@ pub struct ServeArgs {
     /// Tickets per event this instance claims from the pool while Redis is healthy, to sell
     /// from memory when Redis fails (0: no fallback sales, 503 while Redis is down). Reserved
     /// tickets are invisible to other instances until handed back.
-    #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::resilient::MAX_RESERVE))]
+    #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::fallback::MAX_RESERVE))]
     pub fallback_reserve: u64,
     /// Lease on a reserve: a crashed instance's reserve returns to the pool this long after its
     /// last heartbeat; an instance cut off from Redis stops selling from its reserve before it.
@@ -107,6 +108,24 @@ pub struct ServeArgs {
     /// Largest request body accepted on /buy (bytes; the body is ignored).
     #[arg(long, env = "TICKETD_MAX_BODY", default_value_t = 65536)]
     pub max_body: u64,
+    /// The instance's identity and its crash-safe journal of fallback sales (Redis store only).
+    /// Restarted on the same directory, an instance is the same instance: it settles what it
+    /// sold during an outage before it sells anything. One live process per directory.
+    #[arg(long, env = "TICKETD_JOURNAL_DIR", default_value = DEFAULT_JOURNAL_DIR)]
+    pub journal_dir: std::path::PathBuf,
+}
+
+/// `--journal-dir` when none is given: relative to the working directory.
+pub const DEFAULT_JOURNAL_DIR: &str = "ticketd-journal";
+
+/// Redis when no `--redis-url` is given to a command that needs one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl CommonArgs {
+    /// The configured Redis URL, or [`DEFAULT_REDIS_URL`].
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
 }
 
 /// Settings of `ticketd seed`.
@@ -126,7 +145,7 @@ pub struct SeedArgs {
 /// Which store sells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
-    /// Redis, or memory when Redis cannot be reached at start-up.
+    /// Redis when a Redis URL is configured, memory when none is.
     Auto,
     /// Redis only; purchases answer 503 while it cannot be reached.
     Redis,
@@ -308,7 +327,8 @@ mod tests {
         let cli = Cli::try_parse_from(["ticketd"]).unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.listen, "127.0.0.1:3000".parse().unwrap());
-        assert_eq!(cli.serve.common.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cli.serve.common.redis_url, None, "no Redis configured");
+        assert_eq!(cli.serve.common.redis_url(), "redis://127.0.0.1:6379");
         assert_eq!(cli.serve.store, StoreKind::Auto);
         let cli = Cli::try_parse_from(["ticketd", "seed", "--events", "1=5", "--reset"]).unwrap();
         match cli.command {

@@ -72,8 +72,14 @@ pub struct EventKeys {
     pub meta: Key,
     /// `event:{id}:leases`: ZSET instance -> lease expiry of its fallback reserve (unix ms).
     pub leases: Key,
-    /// `event:{id}:reserved`: STRING, tickets held in all instances' reserves.
+    /// `event:{id}:reserved`: STRING, tickets held in all instances' live (leased) reserves.
     pub reserved: Key,
+    /// `event:{id}:held`: HASH instance -> tickets of its reserve held back after its lease
+    /// expired: not for sale until the owner settles its journal or an operator releases them.
+    pub held: Key,
+    /// `event:{id}:stale`: SET of tickets a late settlement recorded as sold while they sat in
+    /// the pool (after an operator's release); skipped when popped.
+    pub stale: Key,
 }
 
 impl EventKeys {
@@ -86,6 +92,8 @@ impl EventKeys {
             meta: Key::from(format!("event:{{{id}}}:meta")),
             leases: Key::from(format!("event:{{{id}}}:leases")),
             reserved: Key::from(format!("event:{{{id}}}:reserved")),
+            held: Key::from(format!("event:{{{id}}}:held")),
+            stale: Key::from(format!("event:{{{id}}}:stale")),
         }
     }
 
@@ -95,7 +103,7 @@ impl EventKeys {
         Key::from(format!("event:{{{id}}}:reserve:{instance}"))
     }
 
-    /// The keys in the order `purchase.lua` and `cancel.lua` expect them (`KEYS[1..5]`).
+    /// The keys in the order `purchase.lua` and `cancel.lua` expect them (`KEYS[1..6]`).
     pub fn script_keys(&self) -> Vec<Key> {
         vec![
             self.tickets.clone(),
@@ -103,6 +111,7 @@ impl EventKeys {
             self.batches.clone(),
             self.meta.clone(),
             self.reserved.clone(),
+            self.stale.clone(),
         ]
     }
 }
@@ -122,6 +131,9 @@ pub struct Event {
     pub keys: EventKeys,
     /// This event's counters.
     pub metrics: EventMetrics,
+    /// Cancellations of this event queued on this instance and not done yet: tickets that may
+    /// come back to the pool, so this instance tells no buyer "sold out" meanwhile.
+    pub limbo: std::sync::atomic::AtomicU64,
 }
 
 impl Event {
@@ -138,6 +150,7 @@ impl Event {
             digits: ticket_digits(capacity),
             keys: EventKeys::new(id),
             metrics: EventMetrics::with_remaining(capacity),
+            limbo: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -44,6 +44,11 @@ fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode
     };
     match runtime.block_on(ticketd::run(args, listener, ticketd::shutdown::signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ticketd::run::RunError::Journal(_)) => {
+            eprintln!("ticketd: {e}");
+            tracing::error!(error = %e, "ticketd cannot start");
+            ExitCode::from(config::EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!(error = %e, "ticketd stopped");
             ExitCode::FAILURE

@@ -117,10 +117,25 @@ pub mod names {
         "counter",
         "Fallback sales whose ticket the ledger shows sold to another purchase (should stay 0; alert on it).",
     );
-    pub const REAPED: Family = (
-        "ticketd_reserves_reaped_total",
+    pub const HELD_BACK: Family = (
+        "ticketd_reserves_held_back_total",
         "counter",
-        "Reserves of instances whose lease expired, returned to the pool by this instance.",
+        "Reserves of other instances whose lease expired, held back by this instance (never returned to the pool: their owner may have sold from them).",
+    );
+    pub const QUARANTINED: Family = (
+        "ticketd_tickets_quarantined",
+        "gauge",
+        "Tickets per event held back in reserves whose lease expired: not for sale until their instance comes back and settles its journal, or an operator releases them (ticketd reserves).",
+    );
+    pub const CANCEL_FAILED: Family = (
+        "ticketd_cancellations_failed_total",
+        "counter",
+        "Cancellations of purchases sold to nobody that Redis refused and that were given up (their tickets stay recorded as sold; logged at ERROR with the batch id).",
+    );
+    pub const JOURNAL_FAILED: Family = (
+        "ticketd_journal_failures_total",
+        "counter",
+        "Fallback sales that could not be made durable in the journal and were answered 503.",
     );
     pub const BUILD_INFO: Family = (
         "ticketd_build_info",
@@ -299,6 +314,8 @@ struct EventCounters {
     outcomes: [AtomicU64; 4],
     /// Last remaining count a store reported.
     remaining: AtomicU64,
+    /// Last count of tickets held back in expired reserves that a store reported.
+    held_back: AtomicU64,
 }
 
 impl EventMetrics {
@@ -327,6 +344,16 @@ impl EventMetrics {
     /// The last remaining count a store reported.
     pub fn remaining(&self) -> u64 {
         self.counters.remaining.load(Relaxed)
+    }
+
+    /// Remembers how many tickets of this event are held back in expired reserves.
+    pub fn set_held_back(&self, n: u64) {
+        self.counters.held_back.store(n, Relaxed);
+    }
+
+    /// The last held-back count a store reported.
+    pub fn held_back(&self) -> u64 {
+        self.counters.held_back.load(Relaxed)
     }
 }
 
@@ -361,7 +388,9 @@ pub struct Metrics {
     settled: AtomicU64,
     shed: AtomicU64,
     conflicts: AtomicU64,
-    reaped: AtomicU64,
+    held_back: AtomicU64,
+    cancel_failed: AtomicU64,
+    journal_failed: AtomicU64,
     start_time: f64,
 }
 
@@ -390,7 +419,9 @@ impl Metrics {
             settled: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
-            reaped: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+            cancel_failed: AtomicU64::new(0),
+            journal_failed: AtomicU64::new(0),
             start_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -540,17 +571,35 @@ impl Metrics {
         self.conflicts.fetch_add(n, Relaxed);
     }
 
-    /// Counts a reaped reserve.
-    pub fn reserve_reaped(&self) {
-        self.reaped.fetch_add(1, Relaxed);
+    /// Counts another instance's reserve held back after its lease expired.
+    pub fn reserve_held_back(&self) {
+        self.held_back.fetch_add(1, Relaxed);
     }
 
-    /// Fallback sales settled, conflicts, reserves reaped.
+    /// Counts a cancellation given up after Redis refused it.
+    pub fn cancel_failed(&self) {
+        self.cancel_failed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a fallback sale the journal could not make durable.
+    pub fn journal_failed(&self) {
+        self.journal_failed.fetch_add(1, Relaxed);
+    }
+
+    /// Fallback sales settled, conflicts, reserves held back.
     pub fn settlement(&self) -> (u64, u64, u64) {
         (
             self.settled.load(Relaxed),
             self.conflicts.load(Relaxed),
-            self.reaped.load(Relaxed),
+            self.held_back.load(Relaxed),
+        )
+    }
+
+    /// Cancellations given up, fallback sales the journal failed.
+    pub fn failures(&self) -> (u64, u64) {
+        (
+            self.cancel_failed.load(Relaxed),
+            self.journal_failed.load(Relaxed),
         )
     }
 

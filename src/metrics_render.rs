@@ -27,6 +27,21 @@ pub struct Snapshot<'a> {
     pub store: &'a str,
 }
 
+/// `{"<event>":<n>,...}`.
+fn per_event(out: &mut Vec<u8>, events: &[Arc<Event>], values: impl Iterator<Item = u64>) {
+    out.push(b'{');
+    for (i, (e, n)) in events.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(e.id.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    out.push(b'}');
+}
+
 fn header(out: &mut Vec<u8>, (name, kind, help): Family) {
     out.extend_from_slice(b"# HELP ");
     out.extend_from_slice(name.as_bytes());
@@ -211,13 +226,27 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     for (e, r) in s.events.iter().zip(s.reserved) {
         sample(out, names::RESERVE.0, &[("event", &e.id)], *r);
     }
-    let (settled, conflicts, reaped) = m.settlement();
+    header(out, names::QUARANTINED);
+    for e in s.events {
+        sample(
+            out,
+            names::QUARANTINED.0,
+            &[("event", &e.id)],
+            e.metrics.held_back(),
+        );
+    }
+    let (settled, conflicts, held_back) = m.settlement();
     header(out, names::SETTLED);
     sample(out, names::SETTLED.0, &[], settled);
     header(out, names::CONFLICTS);
     sample(out, names::CONFLICTS.0, &[], conflicts);
-    header(out, names::REAPED);
-    sample(out, names::REAPED.0, &[], reaped);
+    header(out, names::HELD_BACK);
+    sample(out, names::HELD_BACK.0, &[], held_back);
+    let (cancel_failed, journal_failed) = m.failures();
+    header(out, names::CANCEL_FAILED);
+    sample(out, names::CANCEL_FAILED.0, &[], cancel_failed);
+    header(out, names::JOURNAL_FAILED);
+    sample(out, names::JOURNAL_FAILED.0, &[], journal_failed);
     header(out, names::BUILD_INFO);
     sample(
         out,
@@ -303,7 +332,8 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
         out.extend_from_slice(b"}}}");
     }
     let (activations, active) = m.fallback();
-    let (settled, conflicts, reaped) = m.settlement();
+    let (settled, conflicts, held_back) = m.settlement();
+    let (cancel_failed, journal_failed) = m.failures();
     out.extend_from_slice(br#"},"fallback":{"active":"#);
     out.extend_from_slice(if active { b"true" } else { b"false" });
     out.extend_from_slice(br#","activations":"#);
@@ -312,19 +342,20 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     num(out, settled);
     out.extend_from_slice(br#","conflicts":"#);
     num(out, conflicts);
-    out.extend_from_slice(br#","reserves_reaped":"#);
-    num(out, reaped);
-    out.extend_from_slice(br#","reserved":{"#);
-    for (i, (e, r)) in s.events.iter().zip(s.reserved).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(e.id.as_bytes());
-        out.extend_from_slice(b"\":");
-        num(out, *r);
-    }
-    out.push(b'}');
+    out.extend_from_slice(br#","reserves_held_back":"#);
+    num(out, held_back);
+    out.extend_from_slice(br#","cancellations_failed":"#);
+    num(out, cancel_failed);
+    out.extend_from_slice(br#","journal_failures":"#);
+    num(out, journal_failed);
+    out.extend_from_slice(br#","reserved":"#);
+    per_event(out, s.events, s.reserved.iter().copied());
+    out.extend_from_slice(br#","quarantined":"#);
+    per_event(
+        out,
+        s.events,
+        s.events.iter().map(|e| e.metrics.held_back()),
+    );
     out.extend_from_slice(br#"},"redis":{"script_reloads":"#);
     num(out, m.script_reloads());
     out.extend_from_slice(br#","purchase_batches":"#);

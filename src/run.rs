@@ -15,9 +15,11 @@ use crate::config::{ServeArgs, StoreKind};
 use crate::metrics::Metrics;
 use crate::seed::{load_catalog, seed_event};
 use crate::server::{serve, ServeOptions};
+use crate::store::fallback::FallbackOptions;
+use crate::store::ids::Ids;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{build_pool, RedisOptions, RedisStore};
-use crate::store::resilient::{FallbackOptions, ResilientStore};
+use crate::store::resilient::ResilientStore;
 use crate::store::Store;
 
 /// Bound on seeding `--events` and reading the catalogue (seeding a large event takes seconds).
@@ -29,6 +31,10 @@ pub enum RunError {
     /// The Redis URL or client settings were refused.
     #[error("--redis-url: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The journal directory cannot be used (held by another process, unreadable, corrupt):
+    /// bad configuration, exit code 64, never a silent fresh start.
+    #[error("{0}")]
+    Journal(#[from] crate::store::journal::JournalError),
     /// The listener failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
@@ -56,22 +62,36 @@ pub async fn run(
     };
     let addr = listener.local_addr()?;
 
-    if args.store == StoreKind::Memory {
+    let url = match (args.store, &args.common.redis_url) {
+        (StoreKind::Memory, _) => None,
+        (StoreKind::Auto, None) => None,
+        (StoreKind::Auto, Some(url)) => Some(url.clone()),
+        (StoreKind::Redis, _) => Some(args.common.redis_url().to_owned()),
+    };
+    let Some(url) = url else {
+        let why = if args.store == StoreKind::Memory {
+            "--store memory"
+        } else {
+            "no Redis configured (--redis-url or REDIS_URL)"
+        };
         return serve_memory(
-            args,
-            listener,
-            catalog,
-            metrics,
-            limits,
-            options,
-            shutdown,
-            "--store memory",
+            args, listener, catalog, metrics, limits, options, shutdown, why,
         )
         .await;
-    }
+    };
 
+    // The identity and the journal first: a directory that cannot be used stops start-up
+    // before anything else happens.
+    let (opened, journal) = crate::store::journal::open(&args.journal_dir)?;
+    tracing::info!(
+        dir = %args.journal_dir.display(),
+        instance = %opened.instance,
+        run = opened.generation,
+        owed = opened.records.len(),
+        "journal open"
+    );
     let redis = RedisOptions {
-        url: args.common.redis_url.clone(),
+        url,
         pool_size: usize::from(args.redis_pool_size),
         timeout: args.redis_timeout,
         max_in_flight: args.redis_max_in_flight as usize,
@@ -83,17 +103,6 @@ pub async fn run(
         tokio::time::timeout(args.connect_timeout, pool.wait_for_connect()).await,
         Ok(Ok(()))
     );
-    if !connected && args.store == StoreKind::Auto {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
-        let why = format!(
-            "Redis at {} did not answer within {:?}",
-            redis.url, args.connect_timeout
-        );
-        return serve_memory(
-            args, listener, catalog, metrics, limits, options, shutdown, &why,
-        )
-        .await;
-    }
     let mut prepared = false;
     if connected {
         let bound = PREPARE_TIMEOUT;
@@ -105,7 +114,8 @@ pub async fn run(
             ),
         }
     } else {
-        tracing::warn!(url = %redis.url, "cannot reach Redis; purchases answer 503 until it answers (retrying in the background)");
+        let why = unreachable_because(&redis.url, args.connect_timeout).await;
+        tracing::warn!(url = %redis.url, why, "cannot reach Redis; purchases answer 503 until it answers (retrying in the background); nothing is sold from memory");
     }
     tokio::spawn(refresh_catalog(
         pool.clone(),
@@ -117,10 +127,13 @@ pub async fn run(
         reserve: args.fallback_reserve,
         lease: args.reserve_lease,
     };
+    let ids = Ids::new(&opened.instance, opened.generation);
     let store = ResilientStore::new(
-        RedisStore::new(pool.clone(), &redis, metrics.clone()),
+        RedisStore::new(pool.clone(), &redis, metrics.clone(), ids),
         catalog.clone(),
         fallback,
+        journal,
+        opened.records,
         !connected,
     );
     tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
@@ -130,7 +143,31 @@ pub async fn run(
     stats.abort();
     app.store().shutdown(args.shutdown_timeout).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
+    drop(opened.lock); // held until the very end: no second process on this journal meanwhile
     Ok(())
+}
+
+/// Why `url` cannot be reached: refused, or no answer within `bound` (an address that drops
+/// packets, a paused server), for the start-up log.
+async fn unreachable_because(url: &str, bound: Duration) -> String {
+    let server = fred::prelude::Config::from_url(url)
+        .ok()
+        .and_then(|c| match c.server {
+            fred::types::config::ServerConfig::Centralized { server } => {
+                Some(format!("{}:{}", server.host, server.port))
+            }
+            _ => None,
+        });
+    let Some(server) = server else {
+        return format!("no connection within {bound:?}");
+    };
+    match tokio::time::timeout(bound, tokio::net::TcpStream::connect(&server)).await {
+        Ok(Err(e)) => format!("{server}: {e}"),
+        Err(_) => format!("{server}: no answer within {bound:?}"),
+        Ok(Ok(_)) => {
+            format!("{server} accepts connections but Redis did not answer within {bound:?}")
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -116,6 +116,8 @@ pub async fn seed_event(
         event.keys.meta.clone(),
         event.keys.leases.clone(),
         event.keys.reserved.clone(),
+        event.keys.held.clone(),
+        event.keys.stale.clone(),
     ];
     let args = vec![
         Value::Integer(capacity as i64),
@@ -174,7 +176,7 @@ pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
     let options = crate::store::redis::RedisOptions {
         pool_size: 1,
         timeout: std::time::Duration::from_secs(30),
-        ..crate::store::redis::RedisOptions::new(args.common.redis_url.clone())
+        ..crate::store::redis::RedisOptions::new(args.common.redis_url())
     };
     let pool = match crate::store::redis::build_pool(&options) {
         Ok(p) => p,

@@ -5,13 +5,18 @@
 //! The HTTP layer only sees [`Store`]; which store runs is decided once at start-up.
 
 pub mod batch;
+pub mod cancel;
 pub mod cursor;
+pub mod fallback;
+pub mod ids;
 pub mod journal;
+pub mod lease_watch;
 pub mod memory;
 pub mod redis;
 pub mod reserve;
 pub mod resilient;
 pub mod scripts;
+pub mod settle;
 pub mod supervisor;
 
 use std::future::Future;
@@ -48,6 +53,14 @@ pub enum StoreError {
     /// being returned to the pool (retry shortly).
     #[error("pool empty, {0} tickets held in reserves")]
     HeldInReserves(u64),
+    /// The pool is empty but this instance is still giving back tickets that sold to nobody
+    /// (they may come back): not sold out yet (retry shortly).
+    #[error("pool empty, tickets being given back")]
+    InLimbo,
+    /// The fallback sale could not be made durable in the journal: the buyer is not told of it
+    /// (it stays recorded as sold to nobody).
+    #[error("journal: {0}")]
+    Journal(std::sync::Arc<crate::store::journal::JournalError>),
     /// Too many purchases waiting for Redis: shed, not a Redis failure.
     #[error("overloaded: no Redis slot free within the queue timeout")]
     Overloaded,

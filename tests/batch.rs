@@ -18,6 +18,7 @@ use ticketd::catalog::Catalog;
 use ticketd::event::{Event, EventKeys};
 use ticketd::seed::seed_event;
 use ticketd::store::batch::SCRIPT_MAX;
+use ticketd::store::ids::Ids;
 use ticketd::store::redis::{build_pool, RedisOptions, RedisStore};
 use ticketd::store::scripts::{LuaScript, CANCEL, PURCHASE};
 use ticketd::store::Sale;
@@ -43,7 +44,7 @@ async fn store(
     let metrics = Arc::new(Metrics::new());
     let event = Catalog::new([(id, capacity)]).get(id).unwrap();
     (
-        RedisStore::new(pool, &options, metrics.clone()),
+        RedisStore::new(pool, &options, metrics.clone(), Ids::random()),
         event,
         metrics,
     )

@@ -215,20 +215,27 @@ async fn events_seeded_elsewhere_become_sellable() {
 #[tokio::test]
 async fn request_future_stays_small() {
     use std::sync::Arc;
+    use ticketd::store::fallback::FallbackOptions;
+    use ticketd::store::ids::Ids;
     use ticketd::store::redis::{build_pool, RedisOptions, RedisStore};
-    use ticketd::store::resilient::{FallbackOptions, ResilientStore};
+    use ticketd::store::resilient::ResilientStore;
     let options = RedisOptions::new("redis://127.0.0.1:1");
+    let dir = tempfile::tempdir().unwrap();
+    let (_opened, journal) = ticketd::store::journal::open(dir.path()).unwrap();
     let store = ResilientStore::new(
         RedisStore::new(
             build_pool(&options).unwrap(),
             &options,
             Arc::new(ticketd::Metrics::new()),
+            Ids::random(),
         ),
         Arc::new(ticketd::Catalog::default()),
         FallbackOptions {
             reserve: 0,
             lease: std::time::Duration::from_secs(5),
         },
+        journal,
+        Vec::new(),
         true,
     );
     let app = ticketd::App::new(

@@ -30,7 +30,8 @@ use tokio::time::timeout;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::store::redis::{Cancels, Ids};
+use crate::store::cancel::Cancels;
+use crate::store::ids::Ids;
 use crate::store::scripts::{LuaScript, PURCHASE};
 use crate::store::{Sale, StoreError};
 
@@ -277,13 +278,15 @@ fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
                 remaining: reply.unsold + (m - k - 1) as u64,
             }),
             Status::Sold if reply.reserved > 0 => Err(StoreError::HeldInReserves(reply.reserved)),
+            // Tickets this instance is still giving back may return: not sold out yet.
+            Status::Sold if event.limbo.load(Relaxed) > 0 => Err(StoreError::InLimbo),
             Status::Sold => Ok(Sale::SoldOut),
             Status::Cancelled => Err(StoreError::Cancelled),
             Status::Missing => Err(StoreError::MissingInRedis),
         };
         if let Err(Ok(Sale::Sold { .. })) = order.reply.send(answer) {
             // Sold to a buyer who is gone: nobody will ever receive this ticket.
-            orphans.push(Value::Bytes(reply.tickets[k].1.clone()));
+            orphans.push(reply.tickets[k].1.clone());
         }
     }
     if !orphans.is_empty() {
@@ -393,8 +396,8 @@ mod tests {
             script: LuaScript::new(PURCHASE),
             timeout: Duration::from_secs(1),
             metrics: Arc::new(Metrics::new()),
-            cancels: Cancels::detached(),
-            ids: Arc::new(Ids::new()),
+            cancels: Cancels::new(),
+            ids: Arc::new(Ids::random()),
         };
         let answers = |r: Reply, n: usize| {
             let (orders, rx): (Vec<_>, Vec<_>) = (0..n)

@@ -9,25 +9,24 @@
 //! `lua/cancel.lua` once Redis answers, which gives back what the batch sold to nobody and voids
 //! the batch id so a late copy cannot sell.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_utils::CachePadded;
 use fred::clients::Pool;
 use fred::error::{Error, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface, ListInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, UnresponsiveConfig};
 use fred::types::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-use crate::event::{Event, EventKeys};
+use crate::event::Event;
 use crate::metrics::{Metrics, RedisErrorKind};
 use crate::store::batch::{Batcher, Order};
-use crate::store::scripts::{LuaScript, CANCEL};
+use crate::store::cancel::{Cancels, PendingCancel};
+use crate::store::ids::Ids;
 use crate::store::{Sale, StoreError};
 
 /// How to reach Redis.
@@ -59,97 +58,6 @@ impl RedisOptions {
     }
 }
 
-/// A purchase batch that sold to nobody, waiting to be given back (see `lua/cancel.lua`).
-#[derive(Debug)]
-struct PendingCancel {
-    keys: EventKeys,
-    batch: Bytes,
-    /// The tickets whose buyers left; empty: the whole batch, whose outcome is unknown.
-    tickets: Vec<Value>,
-    /// Purchases made void by this cancellation (counted once done).
-    purchases: u64,
-}
-
-/// The queue of batches to give back, and how many wait in it. Cloned into every place that can
-/// learn that a batch sold to nobody.
-#[derive(Debug, Clone)]
-pub struct Cancels {
-    tx: mpsc::UnboundedSender<PendingCancel>,
-    pending: Arc<AtomicU64>,
-}
-
-impl Cancels {
-    /// Queues batch `batch` of `event`, of `purchases` purchases whose outcome the buyers never
-    /// learned, to be made void.
-    pub fn void(&self, event: &Event, batch: Bytes, purchases: u64) {
-        self.queue(event, batch, Vec::new(), purchases);
-    }
-
-    /// Queues `tickets` of batch `batch` of `event`, whose buyers left before the answer
-    /// arrived, to be given back to the pool.
-    pub fn give_back(&self, event: &Event, batch: Bytes, tickets: Vec<Value>) {
-        let purchases = tickets.len() as u64;
-        self.queue(event, batch, tickets, purchases);
-    }
-
-    /// Cancellations queued and not yet done.
-    pub fn pending(&self) -> u64 {
-        self.pending.load(Relaxed)
-    }
-
-    /// A queue nobody works off (unit tests).
-    #[cfg(test)]
-    pub(crate) fn detached() -> Self {
-        Self {
-            tx: mpsc::unbounded_channel().0,
-            pending: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn queue(&self, event: &Event, batch: Bytes, tickets: Vec<Value>, purchases: u64) {
-        self.pending.fetch_add(1, Relaxed);
-        let _ = self.tx.send(PendingCancel {
-            keys: event.keys.clone(),
-            batch,
-            tickets,
-            purchases,
-        });
-    }
-}
-
-/// Purchase and batch ids, `<instance>:<n>`: the instance part is random per process, `n` comes
-/// from one counter, so no two ids of any instances or runs collide.
-#[derive(Debug)]
-pub struct Ids {
-    instance: Box<str>,
-    next: CachePadded<AtomicU64>,
-}
-
-impl Ids {
-    pub(crate) fn new() -> Self {
-        Self {
-            instance: format!("{:016x}", rand::random::<u64>()).into(),
-            next: CachePadded::new(AtomicU64::new(1)),
-        }
-    }
-
-    /// A fresh number, never 0.
-    pub fn next(&self) -> u64 {
-        self.next.fetch_add(1, Relaxed)
-    }
-
-    /// The id of number `n`.
-    pub fn id(&self, n: u64) -> Bytes {
-        let mut buf = itoa::Buffer::new();
-        let n = buf.format(n);
-        let mut id = Vec::with_capacity(self.instance.len() + 1 + n.len());
-        id.extend_from_slice(self.instance.as_bytes());
-        id.push(b':');
-        id.extend_from_slice(n.as_bytes());
-        Bytes::from(id)
-    }
-}
-
 /// Tickets in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
@@ -164,6 +72,8 @@ pub struct RedisStore {
     ids: Arc<Ids>,
     /// Batches and tickets queued to be made void or given back.
     cancels: Cancels,
+    /// The task that works `cancels` off, until shutdown takes it.
+    cancel_worker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -199,23 +109,13 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
 }
 
 impl RedisStore {
-    /// A store on `pool` (connected or not). Spawns the cancellation task and the purchase
-    /// batchers, so it must run inside a tokio runtime.
-    pub fn new(pool: Pool, options: &RedisOptions, metrics: Arc<Metrics>) -> Self {
+    /// A store on `pool` (connected or not) that names its batches with `ids`. Spawns the
+    /// cancellation worker and the purchase batchers, so it must run inside a tokio runtime.
+    pub fn new(pool: Pool, options: &RedisOptions, metrics: Arc<Metrics>, ids: Ids) -> Self {
         let timeout = options.timeout;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let cancels = Cancels {
-            tx,
-            pending: Arc::new(AtomicU64::new(0)),
-        };
-        tokio::spawn(cancel_loop(
-            pool.clone(),
-            rx,
-            metrics.clone(),
-            timeout,
-            cancels.pending.clone(),
-        ));
-        let ids = Arc::new(Ids::new());
+        let cancels = Cancels::new();
+        let cancel_worker = cancels.spawn_worker(pool.clone(), metrics.clone(), timeout);
+        let ids = Arc::new(ids);
         Self {
             batcher: Batcher::start(
                 &pool,
@@ -230,7 +130,23 @@ impl RedisStore {
             queue_timeout: options.queue_timeout,
             ids,
             cancels,
+            cancel_worker: parking_lot::Mutex::new(Some(cancel_worker)),
             metrics,
+        }
+    }
+
+    /// The cancellation queue (to add what a previous run journaled).
+    pub fn cancels(&self) -> &Cancels {
+        &self.cancels
+    }
+
+    /// Stops the cancellation worker (at shutdown, once no purchase is in flight), waiting at
+    /// most `bound`, and returns the cancellations still to be done.
+    pub async fn stop_cancels(&self, bound: Duration) -> Vec<PendingCancel> {
+        let worker = self.cancel_worker.lock().take();
+        match worker {
+            Some(w) => self.cancels.stop(w, bound).await,
+            None => Vec::new(),
         }
     }
 
@@ -248,7 +164,7 @@ impl RedisStore {
 
     /// This process's instance id (16 hex digits).
     pub fn instance(&self) -> &str {
-        &self.ids.instance
+        self.ids.instance()
     }
 
     /// The bound on one call.
@@ -302,14 +218,16 @@ impl RedisStore {
             Err(_) => Err(StoreError::NotConnected),
         };
         if let Err(e) = &result {
-            if !matches!(e, StoreError::HeldInReserves(_)) {
+            if !matches!(e, StoreError::HeldInReserves(_) | StoreError::InLimbo) {
                 self.metrics.redis_error(error_kind(e));
             }
         }
         result
     }
 
-    /// Unsold tickets (pool + every reserve) of each of `events`, in one pipelined round trip.
+    /// Unsold tickets (pool + every live reserve) of each of `events`, in one pipelined round
+    /// trip. Also reads how many tickets each event holds back in expired reserves, into its
+    /// metrics ([`crate::metrics::EventMetrics::held_back`]).
     ///
     /// # Errors
     /// A Redis error or the timeout.
@@ -322,13 +240,25 @@ impl RedisStore {
         for e in events {
             let _: () = pipeline.llen(e.keys.tickets.clone()).await?;
             let _: () = pipeline.get(e.keys.reserved.clone()).await?;
+            let _: () = pipeline.hvals(e.keys.held.clone()).await?;
         }
         let replies: Vec<Value> = match timeout(self.timeout, pipeline.all::<Vec<Value>>()).await {
             Ok(r) => r?,
             Err(_) => return Err(StoreError::Timeout(self.timeout)),
         };
         let n = |v: &Value| v.as_u64().unwrap_or(0);
-        Ok(replies.chunks(2).map(|c| c.iter().map(n).sum()).collect())
+        Ok(replies
+            .chunks(3)
+            .zip(events)
+            .map(|(c, e)| {
+                let held = match c.get(2) {
+                    Some(Value::Array(counts)) => counts.iter().map(n).sum(),
+                    _ => 0,
+                };
+                e.metrics.set_held_back(held);
+                n(&c[0]) + c.get(1).map_or(0, n)
+            })
+            .collect())
     }
 
     /// Whether every pooled connection is up and Redis answers a PING within the timeout.
@@ -357,65 +287,5 @@ pub fn error_kind(e: &StoreError) -> RedisErrorKind {
             _ => RedisErrorKind::Other,
         },
         _ => RedisErrorKind::Other,
-    }
-}
-
-/// Most cancellation calls run at once (they pipeline on the pool's connections).
-const CANCEL_BATCH: usize = 256;
-
-/// Gives back every batch that sold to nobody, many calls at once, retrying each until Redis
-/// takes it.
-async fn cancel_loop(
-    pool: Pool,
-    mut rx: mpsc::UnboundedReceiver<PendingCancel>,
-    metrics: Arc<Metrics>,
-    bound: Duration,
-    pending: Arc<AtomicU64>,
-) {
-    let script = LuaScript::new(CANCEL);
-    let bound = bound.max(Duration::from_millis(500));
-    let mut batch: Vec<PendingCancel> = Vec::with_capacity(CANCEL_BATCH);
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(first) => batch.push(first),
-                None => return,
-            }
-        }
-        while batch.len() < CANCEL_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let calls = batch.iter().map(|p| {
-            let mut args = Vec::with_capacity(1 + p.tickets.len());
-            args.push(Value::Bytes(p.batch.clone()));
-            args.extend(p.tickets.iter().cloned());
-            let call = script.run::<i64>(pool.next(), p.keys.script_keys(), args, || {
-                metrics.script_reloaded()
-            });
-            timeout(bound, call)
-        });
-        let results = futures_util::future::join_all(calls).await;
-        let mut failed = Vec::new();
-        for (p, r) in batch.drain(..).zip(results) {
-            match r {
-                Ok(Ok(returned)) => {
-                    metrics.purchases_cancelled(p.purchases);
-                    pending.fetch_sub(1, Relaxed);
-                    tracing::debug!(batch = ?p.batch, purchases = p.purchases, returned, "purchases sold to nobody made void");
-                }
-                _ => failed.push(p),
-            }
-        }
-        if failed.is_empty() {
-            backoff = Duration::from_millis(50);
-        } else {
-            batch = failed;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
     }
 }

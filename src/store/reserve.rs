@@ -2,9 +2,11 @@
 //! while Redis was healthy, sold lock-free when Redis is not.
 //!
 //! A sale is one atomic add on the cursor plus two stores into the sale's own slot (purchase
-//! number and time). The slots are the journal: the supervisor reads the sales it has not
-//! settled yet, writes them into the Redis ledger when Redis is back, and moves its mark past
-//! them. The reserve is replaced (closed, then swapped) only by the supervisor.
+//! number and time); the seller then makes it durable in the on-disk journal
+//! ([`crate::store::journal`]) before the buyer hears of it. The slots are what the supervisor
+//! settles from: it reads the sales it has not settled yet, writes them into the Redis ledger
+//! when Redis is back, and moves its mark past them. The reserve is replaced (closed, then
+//! swapped) only by the supervisor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -120,6 +122,11 @@ impl Reserve {
             });
         }
         (out, to)
+    }
+
+    /// Whether a sale of this reserve is not settled yet.
+    pub fn has_unsettled(&self) -> bool {
+        self.settled.load(Ordering::Acquire) < self.cursor.taken()
     }
 
     /// Records that every sale below `mark` is in the ledger.

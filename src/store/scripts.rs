@@ -7,7 +7,7 @@ use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
 
-/// `lua/purchase.lua`: pops one ticket and records the sale, idempotent per purchase id.
+/// `lua/purchase.lua`: sells tickets to a batch of purchases, idempotent per batch id.
 pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
 /// `lua/cancel.lua`: makes a purchase of unknown outcome void and returns its ticket.
 pub const CANCEL: &str = include_str!("../../lua/cancel.lua");
@@ -17,9 +17,11 @@ pub const INSTALL: &str = include_str!("../../lua/install.lua");
 pub const CLAIM: &str = include_str!("../../lua/claim.lua");
 /// `lua/settle.lua`: writes fallback sales into the ledger, idempotently.
 pub const SETTLE: &str = include_str!("../../lua/settle.lua");
-/// `lua/release.lua`: hands an instance's reserve back to the pool (its own, or an expired
-/// one's).
+/// `lua/release.lua`: hands an instance's reserve back to the pool (its own, or a held-back one
+/// by an operator's decision).
 pub const RELEASE: &str = include_str!("../../lua/release.lua");
+/// `lua/quarantine.lua`: holds back the reserve of an instance whose lease expired.
+pub const QUARANTINE: &str = include_str!("../../lua/quarantine.lua");
 
 /// A script and its SHA-1, computed once.
 #[derive(Debug, Clone)]

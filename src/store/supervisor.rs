@@ -1,10 +1,10 @@
 //! The fallback's background work, one task per instance: probe Redis while the breaker is
 //! open, and while it is closed, every heartbeat and for every event: write fallback sales into
 //! the ledger, renew the lease and top up the reserve, hand the reserve back when the pool runs
-//! low, and return the reserves of instances whose lease expired. Also the graceful-shutdown
-//! hand-back.
+//! low, and hold back the reserves of instances whose lease expired. Also the journal's
+//! checkpoints and the graceful-shutdown hand-back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,19 +12,20 @@ use std::time::{Duration, Instant};
 use fred::interfaces::ClientLike;
 use fred::types::Value;
 
-use crate::event::Event;
+use crate::event::{Event, EventKeys};
+use crate::store::fallback::{unix_ms, EventReserve, Shared};
+use crate::store::lease_watch::LeaseWatch;
 use crate::store::reserve::{FallbackSale, Reserve};
-use crate::store::resilient::{EventReserve, Shared};
-use crate::store::scripts::{LuaScript, CLAIM, RELEASE, SETTLE};
+use crate::store::scripts::{LuaScript, CLAIM, QUARANTINE, RELEASE, SETTLE};
+use crate::store::settle::{settle, settle_all};
 use crate::store::StoreError;
-
-/// Sales per settle call (three arguments each).
-const SETTLE_CHUNK: usize = 300;
+use crate::throttle::Throttle;
 
 struct Scripts {
     claim: LuaScript,
     settle: LuaScript,
     release: LuaScript,
+    quarantine: LuaScript,
 }
 
 impl Scripts {
@@ -33,27 +34,25 @@ impl Scripts {
             claim: LuaScript::new(CLAIM),
             settle: LuaScript::new(SETTLE),
             release: LuaScript::new(RELEASE),
+            quarantine: LuaScript::new(QUARANTINE),
         }
     }
 }
 
-/// Lease expiries of other instances as this supervisor saw them: `(event, instance)` ->
-/// (expiry, when first seen with that expiry). A lease is reaped only after this instance has
-/// itself watched it stay unrenewed for a whole lease while connected, so an outage of Redis
-/// (when nobody can renew) never makes live instances' reserves look abandoned.
-type Observed = HashMap<(Box<str>, String), (i64, Instant)>;
-
 /// The supervisor loop; ends when the store shuts down.
 pub async fn run(s: Arc<Shared>) {
     let scripts = Scripts::new();
-    let mut observed = Observed::new();
+    // Two heartbeats and two calls' bounds between looks are still "watching".
+    let gap = s.options.heartbeat() * 2 + s.call_bound() * 2;
+    let mut watch = LeaseWatch::new(s.options.lease, gap);
     let mut backoff = Duration::from_millis(50);
-    let errors = crate::throttle::Throttle::new(Duration::from_secs(10));
+    let errors = Throttle::new(Duration::from_secs(10));
     loop {
         if s.stopping.load(Ordering::Acquire) {
             return;
         }
         if s.in_fallback() {
+            watch.forget_all();
             tokio::time::sleep(backoff).await;
             if !s.redis.ready().await {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -67,7 +66,8 @@ pub async fn run(s: Arc<Shared>) {
             // Everything the outage left open is closed before Redis decides again: fallback
             // sales go into the ledger, and purchases of unknown outcome are made void (their
             // tickets back in the pool), so no buyer is told "sold out" while tickets are in limbo.
-            let settled = match settle_all(&s, &scripts).await {
+            let reserves: Vec<Arc<EventReserve>> = s.reserves.read().values().cloned().collect();
+            let settled = match settle_all(&s, &scripts.settle, &reserves).await {
                 Ok(n) => n,
                 Err(e) => {
                     if let Some(held_back) = errors.allow() {
@@ -97,11 +97,28 @@ pub async fn run(s: Arc<Shared>) {
             if s.stopping.load(Ordering::Acquire) {
                 return;
             }
-            if let Err(e) = maintain_all(&s, &scripts, &mut observed).await {
-                if e.is_outage() && !s.redis.pool().next().is_connected() {
-                    s.trip(&e);
-                } else if let Some(held_back) = errors.allow() {
-                    tracing::warn!(error = %e, held_back, "reserve upkeep failed; will retry");
+            // Close the journal's segment before settling: every sale in a closed segment is
+            // then in the reserves' slots that this upkeep settles.
+            let mark = if s.journal.dirty() {
+                s.journal.checkpoint().await
+            } else {
+                None
+            };
+            match maintain_all(&s, &scripts, &mut watch, &errors).await {
+                Ok(()) => {
+                    if let Some(mark) = mark {
+                        if !s.owes() && s.redis.pending_cancels() == 0 {
+                            s.journal.forget(mark);
+                        }
+                    }
+                }
+                Err(e) => {
+                    watch.forget_all();
+                    if e.is_outage() && !s.redis.pool().next().is_connected() {
+                        s.trip(&e);
+                    } else if let Some(held_back) = errors.allow() {
+                        tracing::warn!(error = %e, held_back, "reserve upkeep failed; will retry");
+                    }
                 }
             }
         }
@@ -112,26 +129,34 @@ pub async fn run(s: Arc<Shared>) {
     }
 }
 
-async fn settle_all(s: &Shared, scripts: &Scripts) -> Result<u64, StoreError> {
-    let reserves: Vec<Arc<EventReserve>> = s.reserves.read().values().cloned().collect();
-    let mut n = 0;
-    for er in reserves {
-        n += settle(s, scripts, &er).await?;
-    }
-    Ok(n)
-}
-
+/// One upkeep of every event. A failure of one event (a damaged key, a script error) is logged
+/// and the others go on; an outage ends the round, since every other call would fail as well.
 async fn maintain_all(
     s: &Shared,
     scripts: &Scripts,
-    observed: &mut Observed,
+    watch: &mut LeaseWatch,
+    errors: &Throttle,
 ) -> Result<(), StoreError> {
+    if !s.recovered.lock().is_empty() {
+        crate::store::settle::settle_recovered(s, &scripts.settle).await?;
+    }
     for event in s.catalog.events() {
         if s.in_fallback() || s.stopping.load(Ordering::Acquire) {
             return Ok(());
         }
-        maintain(s, scripts, &event).await?;
-        reap(s, scripts, &event, observed).await?;
+        let result = match maintain(s, scripts, &event).await {
+            Ok(()) => watch_leases(s, scripts, &event, watch).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_outage() => return Err(e),
+            Err(e) => {
+                if let Some(held_back) = errors.allow() {
+                    tracing::warn!(event = %event.id, error = %e, held_back, "reserve upkeep of this event failed; the other events go on");
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -143,7 +168,7 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         return Ok(());
     }
     let er = s.event_reserve(event);
-    settle(s, scripts, &er).await?;
+    settle(s, &scripts.settle, &er).await?;
     let current = er.current.read().clone();
     let believed = current.held_in_redis() + er.unsettled.lock().len() as u64;
     let sent = s.now_ms();
@@ -153,6 +178,8 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         er.event.keys.leases.clone(),
         er.event.keys.reserved.clone(),
         er.event.keys.meta.clone(),
+        er.event.keys.held.clone(),
+        er.event.keys.stale.clone(),
     ];
     let args = vec![
         Value::from(s.redis.instance()),
@@ -160,7 +187,7 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         Value::Integer(s.options.lease.as_millis() as i64),
         Value::Integer(believed as i64),
     ];
-    let reply: Vec<Value> = call(s, &scripts.claim, keys, args).await?;
+    let reply: Vec<Value> = s.call(&scripts.claim, keys, args).await?;
     let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0);
     if int(0) != 1 {
         return Ok(()); // the event is not in Redis (yet): nothing to reserve
@@ -170,9 +197,12 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         lease_end.saturating_sub(s.options.margin().as_millis() as u64),
         Ordering::Release,
     );
+    if int(4) > 0 {
+        tracing::info!(event = %event.id, tickets = int(4), "this instance's held-back reserve is back in its hands (its sales were settled first)");
+    }
     let pool = int(2) as u64;
-    let listed = (reply.len() > 4).then(|| {
-        reply[4..]
+    let listed = (reply.len() > 5).then(|| {
+        reply[5..]
             .iter()
             .filter_map(|v| v.as_bytes().and_then(|b| event.parse_ticket_id(b)))
             .collect::<Vec<u64>>()
@@ -201,73 +231,10 @@ fn rotate(er: &EventReserve, listed: Vec<u64>) {
     er.swapped.notify_waiters();
 }
 
-/// Writes every fallback sale of `er` not yet in the ledger. Returns how many were written.
-async fn settle(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<u64, StoreError> {
-    let current = er.current.read().clone();
-    let (fresh, mark) = current.unsettled();
-    let mut sales: Vec<FallbackSale> = std::mem::take(&mut *er.unsettled.lock());
-    sales.extend(fresh);
-    if sales.is_empty() {
-        return Ok(0);
-    }
-    let keys = vec![
-        er.event.keys.tickets.clone(),
-        er.key.clone(),
-        er.event.keys.reserved.clone(),
-        er.event.keys.sold.clone(),
-    ];
-    let mut done = 0;
-    let mut result = Ok(());
-    for chunk in sales.chunks(SETTLE_CHUNK) {
-        let mut args = Vec::with_capacity(chunk.len() * 3);
-        let mut ticket = Vec::new();
-        for sale in chunk {
-            ticket.clear();
-            er.event.write_ticket_id(sale.ticket, &mut ticket);
-            args.push(Value::from(ticket.as_slice()));
-            args.push(Value::Bytes(s.redis.purchase_id(sale.purchase)));
-            args.push(Value::Integer(sale.at_ms as i64));
-        }
-        match call::<Vec<Value>>(s, &scripts.settle, keys.clone(), args).await {
-            Ok(reply) => {
-                let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0) as u64;
-                let m = s.redis.metrics();
-                m.fallback_settled(int(0) + int(2));
-                let conflicts: Vec<String> =
-                    reply.iter().skip(3).filter_map(|v| v.as_string()).collect();
-                if !conflicts.is_empty() {
-                    m.settle_conflicts(conflicts.len() as u64);
-                    tracing::error!(
-                        event = %er.event.id,
-                        tickets = ?conflicts,
-                        "fallback sales conflict with the ledger: these tickets were also sold to other purchases (a partition outlasted the reserve lease)"
-                    );
-                }
-                if int(2) > 0 {
-                    tracing::warn!(event = %er.event.id, count = int(2), "fallback sales found their tickets back in the pool (reserve reaped during a long partition); taken out and recorded");
-                }
-                done += chunk.len();
-            }
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    // Whatever was not written goes back to the queue; the current reserve's mark moves only
-    // when all its sales are in.
-    if done < sales.len() {
-        *er.unsettled.lock() = sales.split_off(done);
-    } else {
-        current.mark_settled(mark);
-    }
-    result.map(|()| done as u64)
-}
-
 /// Closes the current reserve, settles it and hands every unsold ticket back to the pool.
 async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(), StoreError> {
     er.current.read().close();
-    settle(s, scripts, er).await?;
+    settle(s, &scripts.settle, er).await?;
     if !er.unsettled.lock().is_empty() {
         return Ok(()); // never hand back a list that still holds sold tickets
     }
@@ -276,14 +243,15 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         er.key.clone(),
         er.event.keys.leases.clone(),
         er.event.keys.reserved.clone(),
+        er.event.keys.held.clone(),
     ];
-    let returned: i64 = call(
-        s,
-        &scripts.release,
-        keys,
-        vec![Value::from(s.redis.instance())],
-    )
-    .await?;
+    let returned: i64 = s
+        .call(
+            &scripts.release,
+            keys,
+            vec![Value::from(s.redis.instance())],
+        )
+        .await?;
     *er.current.write() = Arc::new(Reserve::empty());
     er.swapped.notify_waiters();
     if returned > 0 {
@@ -292,16 +260,19 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
     Ok(())
 }
 
-/// Returns the reserves of other instances whose lease this supervisor watched expire.
-async fn reap(
+/// Holds back the reserves of other instances whose lease this supervisor watched expire.
+async fn watch_leases(
     s: &Shared,
     scripts: &Scripts,
     event: &Event,
-    observed: &mut Observed,
+    watch: &mut LeaseWatch,
 ) -> Result<(), StoreError> {
     let client = s.redis.pool().next();
+    if !client.is_connected() {
+        return Err(StoreError::NotConnected);
+    }
     let leases: Vec<Value> = tokio::time::timeout(
-        s.redis.timeout().max(Duration::from_millis(500)),
+        s.call_bound(),
         client.custom(
             fred::cmd!("ZRANGE"),
             vec![
@@ -313,46 +284,44 @@ async fn reap(
         ),
     )
     .await
-    .map_err(|_| StoreError::Timeout(s.redis.timeout()))??;
-    let now = crate::store::resilient::unix_ms() as i64;
+    .map_err(|_| StoreError::Timeout(s.call_bound()))??;
+    let now = unix_ms() as i64;
+    let looked = Instant::now();
     for pair in leases.chunks(2) {
-        let (Some(instance), Some(score)) = (pair[0].as_string(), pair.get(1).and_then(value_i64))
+        let (Some(instance), Some(expiry)) = (pair[0].as_string(), pair.get(1).and_then(value_i64))
         else {
             continue;
         };
         if instance == s.redis.instance() {
             continue;
         }
-        let key = (event.id.clone(), instance.clone());
-        let seen = observed
-            .entry(key.clone())
-            .or_insert((score, Instant::now()));
-        if seen.0 != score {
-            *seen = (score, Instant::now());
-            continue;
-        }
-        // Watched unrenewed for a whole lease, and expired (release.lua checks the expiry again
-        // by Redis's own clock).
-        if seen.1.elapsed() < s.options.lease || score > now {
+        // Watched unrenewed for a whole lease, and expired (quarantine.lua checks the expiry
+        // again by Redis's own clock).
+        if !watch.observe(&event.id, &instance, expiry, looked) || expiry > now {
             continue;
         }
         let keys = vec![
-            event.keys.tickets.clone(),
-            crate::event::EventKeys::reserve(&event.id, &instance),
             event.keys.leases.clone(),
+            EventKeys::reserve(&event.id, &instance),
             event.keys.reserved.clone(),
+            event.keys.held.clone(),
         ];
-        let returned: i64 = call(
-            s,
-            &scripts.release,
-            keys,
-            vec![Value::from(instance.as_str()), Value::Integer(score)],
-        )
-        .await?;
-        observed.remove(&key);
-        if returned >= 0 {
-            s.redis.metrics().reserve_reaped();
-            tracing::warn!(event = %event.id, instance, returned, "returned the reserve of an instance whose lease expired (crashed?) to the pool");
+        let held: i64 = s
+            .call(
+                &scripts.quarantine,
+                keys,
+                vec![Value::from(instance.as_str()), Value::Integer(expiry)],
+            )
+            .await?;
+        watch.done(&event.id, &instance);
+        if held >= 0 {
+            s.redis.metrics().reserve_held_back();
+            tracing::warn!(
+                event = %event.id,
+                instance,
+                tickets = held,
+                "HELD BACK the reserve of an instance whose lease expired (crashed, stalled or cut off): not for sale until it comes back and settles its journal, or an operator releases it (ticketd reserves)"
+            );
         }
     }
     Ok(())
@@ -362,37 +331,36 @@ fn value_i64(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))
 }
 
-async fn call<R: fred::types::FromValue>(
-    s: &Shared,
-    script: &LuaScript,
-    keys: Vec<fred::types::Key>,
-    args: Vec<Value>,
-) -> Result<R, StoreError> {
-    let client = s.redis.pool().next();
-    if !client.is_connected() {
-        return Err(StoreError::NotConnected);
-    }
-    let bound = s.redis.timeout().max(Duration::from_millis(500));
-    match tokio::time::timeout(
-        bound,
-        script.run(client, keys, args, || s.redis.metrics().script_reloaded()),
-    )
-    .await
-    {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::Timeout(bound)),
-    }
-}
-
-/// Graceful shutdown: stop the supervisor, settle every fallback sale and hand every reserve
-/// back to the pool.
-pub async fn shutdown(s: Arc<Shared>) {
+/// Graceful shutdown, within `bound`: stop the supervisor; let the queued cancellations finish
+/// while Redis answers (the rest are in the journal for the next run); settle every fallback
+/// sale and hand every reserve back to the pool.
+pub async fn shutdown(s: Arc<Shared>, bound: Duration) {
     s.stopping.store(true, Ordering::Release);
     s.wake.notify_one();
     let _work = s.work.lock().await;
     let scripts = Scripts::new();
+
+    let drain_until = Instant::now() + bound / 3;
+    while s.redis.pending_cancels() > 0
+        && Instant::now() < drain_until
+        && s.redis.pool().next().is_connected()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = s.redis.stop_cancels(bound / 6).await;
+    if !left.is_empty() {
+        tracing::warn!(
+            left = left.len(),
+            "cancellations of purchases sold to nobody could not reach Redis; they are in the journal and are done by the next run on this --journal-dir"
+        );
+    }
+
     let reserves: Vec<Arc<EventReserve>> = s.reserves.read().values().cloned().collect();
     let (mut returned, mut failed) = (0u64, 0u64);
+    if let Err(e) = crate::store::settle::settle_recovered(&s, &scripts.settle).await {
+        tracing::warn!(error = %e, "journal: sales of the previous run still not settled");
+        failed += 1;
+    }
     for er in reserves {
         let before = er.current.read().unsold();
         match release(&s, &scripts, &er).await {
@@ -402,6 +370,13 @@ pub async fn shutdown(s: Arc<Shared>) {
     }
     if failed == 0 {
         tracing::info!(returned, "reserves handed back to the pool");
+        if s.journal.dirty() && !s.owes() && s.redis.pending_cancels() == 0 {
+            // Everything journaled is in Redis: the next start has nothing to settle.
+            if let Some(mark) = s.journal.checkpoint().await {
+                s.journal.forget(mark);
+                let _ = s.journal.checkpoint().await; // waits for the forget
+            }
+        }
     } else {
         let owed: Vec<String> = s
             .reserves
@@ -418,7 +393,7 @@ pub async fn shutdown(s: Arc<Shared>) {
         tracing::error!(
             events = failed,
             unsettled = ?owed,
-            "could not hand back every reserve: their leases will return unsold tickets; the fallback sales listed are NOT in the ledger"
+            "could not hand back every reserve: the fallback sales listed are not in the ledger yet; they are in the journal and are settled when this instance starts again on the same --journal-dir (its reserves are held back meanwhile)"
         );
     }
 }

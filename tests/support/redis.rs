@@ -26,8 +26,13 @@ pub fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a fresh server.
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a fresh server on `port`.
+    pub fn start_on(port: u16) -> Self {
         let mut s = Self {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };

@@ -19,13 +19,20 @@ pub struct Ticketd {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ticketd::run::RunError>>>,
+    /// The instance's journal directory (its own unless the test passed `--journal-dir`).
+    pub journal: tempfile::TempDir,
 }
 
 impl Ticketd {
     /// Starts ticketd with `args` (flags as on the command line) on a free port; returns once it
     /// answers `/healthz`.
     pub async fn start(args: &[&str]) -> Self {
+        let journal = tempfile::tempdir().unwrap();
+        let journal_dir = journal.path().to_str().unwrap().to_owned();
         let mut argv = vec!["ticketd", "--listen", "127.0.0.1:0"];
+        if !args.contains(&"--journal-dir") {
+            argv.extend_from_slice(&["--journal-dir", &journal_dir]);
+        }
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).expect("valid test arguments");
         let listener = ticketd::server::bind(cli.serve.listen).expect("bind");
@@ -38,6 +45,7 @@ impl Ticketd {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            journal,
         };
         t.wait_until(|a| a.status == 200, "/healthz").await;
         t
@@ -116,34 +124,84 @@ pub struct TicketdProcess {
     pub addr: SocketAddr,
     child: Option<Child>,
     pub log: PathBuf,
+    /// `--journal-dir` (unless the test passed its own): kept across [`TicketdProcess::restart`].
+    pub journal: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl TicketdProcess {
     /// Spawns `ticketd --listen 127.0.0.1:<free> <args>` and waits for `/healthz`.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let p = Self::launch(args, env);
+        wait_until(p.addr, |a| a.status == 200, "/healthz").await;
+        p
+    }
+
+    /// Spawns it without waiting for it to serve (for start-up failures).
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = super::redis::free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("ticketd.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
-            .args(["--listen", &addr.to_string()])
-            .args(args)
-            .envs(env.iter().copied())
+        let mut p = Self {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child: None,
+            log: dir.path().join("ticketd.log"),
+            journal: dir.path().join("journal"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _dir: dir,
+        };
+        p.start_child();
+        p
+    }
+
+    fn start_child(&mut self) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketd"));
+        cmd.args(["--listen", &self.addr.to_string()]);
+        if !self.args.iter().any(|a| a == "--journal-dir") {
+            cmd.arg("--journal-dir").arg(&self.journal);
+        }
+        let child = cmd
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn ticketd");
-        let p = Self {
-            addr,
-            child: Some(child),
-            log,
-            _dir: dir,
-        };
-        wait_until(addr, |a| a.status == 200, "/healthz").await;
-        p
+        self.child = Some(child);
+    }
+
+    /// Starts the process again, same port, arguments and journal directory, after it exited
+    /// or was killed; waits for `/healthz`.
+    pub async fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.start_child();
+        wait_until(self.addr, |a| a.status == 200, "/healthz").await;
+    }
+
+    /// The JSON metrics.
+    pub async fn metrics_json(&self) -> serde_json::Value {
+        request(self.addr, Method::GET, "/metrics?format=json")
+            .await
+            .json()
+    }
+
+    /// Waits for `ok` on `path`.
+    pub async fn wait_until(&self, ok: impl Fn(&super::Answer) -> bool, path: &str) {
+        wait_until(self.addr, ok, path).await;
     }
 
     /// Everything the process logged so far.
@@ -158,6 +216,18 @@ impl TicketdProcess {
             .args([&format!("-{sig}"), &pid.to_string()])
             .status()
             .unwrap();
+    }
+
+    /// Graceful stop: SIGTERM, and the process exits 0 within the bound.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let code = self.wait();
+        assert_eq!(code, Some(0), "graceful stop exits 0:\n{}", self.log_text());
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        self.wait_until(|a| a.status == 200, "/readyz").await;
     }
 
     /// Waits for the process to exit and returns its exit code.

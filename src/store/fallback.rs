@@ -1,0 +1,262 @@
+//! The fallback's state, shared by the request path ([`crate::store::resilient`]) and the
+//! supervisor ([`crate::store::supervisor`]): the circuit breaker, this instance's reserves,
+//! the journal, and the sales of a previous run still to be settled.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fred::interfaces::ClientLike;
+use fred::types::{Key, Value};
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::Catalog;
+use crate::event::{Event, EventKeys};
+use crate::store::journal::Journal;
+use crate::store::redis::RedisStore;
+use crate::store::reserve::{FallbackSale, Reserve};
+use crate::store::scripts::LuaScript;
+use crate::store::StoreError;
+use crate::throttle::Throttle;
+
+/// Largest accepted `--fallback-reserve` (a Lua script moves a whole reserve in one call).
+pub const MAX_RESERVE: u64 = 5000;
+
+/// Settings of the fallback.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackOptions {
+    /// Tickets per event this instance holds back for when Redis fails (0: no fallback sales).
+    pub reserve: u64,
+    /// Lease on a reserve: an instance whose lease runs out stops selling from its reserve, and
+    /// other instances then hold that reserve back (never return it to the pool).
+    pub lease: Duration,
+}
+
+impl FallbackOptions {
+    /// How often the supervisor renews leases, tops up reserves and watches other leases.
+    pub fn heartbeat(&self) -> Duration {
+        (self.lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// How long before the lease runs out (by this instance's clock, measured from before the
+    /// heartbeat was sent) the instance stops selling from its reserve.
+    pub fn margin(&self) -> Duration {
+        (self.lease / 5).max(Duration::from_millis(200))
+    }
+}
+
+/// One event's reserve on this instance and the sales still owed to the ledger.
+#[derive(Debug)]
+pub struct EventReserve {
+    /// The event (keys, id, ticket id format).
+    pub event: Arc<Event>,
+    /// `event:{id}:reserve:<instance>`.
+    pub key: Key,
+    /// The reserve sold from now; swapped by the supervisor only.
+    pub current: RwLock<Arc<Reserve>>,
+    /// Sales of reserves already swapped out, not yet in the ledger.
+    pub unsettled: Mutex<Vec<FallbackSale>>,
+    /// Milliseconds after the store's start until which selling from the reserve is safe (the
+    /// lease, less a margin). 0: never.
+    pub sell_until_ms: AtomicU64,
+    /// Told when the supervisor swapped `current` (handed back or refilled).
+    pub swapped: tokio::sync::Notify,
+}
+
+impl EventReserve {
+    /// Whether some sale of this reserve is not in the ledger yet.
+    pub fn owes(&self) -> bool {
+        !self.unsettled.lock().is_empty() || self.current.read().has_unsettled()
+    }
+}
+
+/// A fallback sale of an earlier run of this instance, read back from the journal.
+#[derive(Debug, Clone)]
+pub struct RecoveredSale {
+    /// Event id.
+    pub event: Box<str>,
+    /// Ticket id.
+    pub ticket: Bytes,
+    /// Purchase id (of that run).
+    pub purchase: Bytes,
+    /// When it was sold, unix ms.
+    pub at_ms: u64,
+}
+
+/// State shared by the request path and the supervisor.
+#[derive(Debug)]
+pub struct Shared {
+    /// The Redis path.
+    pub redis: RedisStore,
+    /// Events to keep reserves for.
+    pub catalog: Arc<Catalog>,
+    /// Fallback settings.
+    pub options: FallbackOptions,
+    fallback: AtomicBool,
+    /// Reserves by event id; written when an event is first maintained.
+    pub reserves: RwLock<HashMap<Box<str>, Arc<EventReserve>>>,
+    /// Every fallback sale is on disk here before its buyer hears of it.
+    pub journal: Journal,
+    /// Sales an earlier run journaled and did not settle; settled before anything is sold.
+    pub recovered: Mutex<Vec<RecoveredSale>>,
+    /// Wakes the supervisor when the breaker opens.
+    pub wake: tokio::sync::Notify,
+    /// Serializes supervisor work and shutdown.
+    pub work: tokio::sync::Mutex<()>,
+    /// Set once shutdown began; the supervisor stops.
+    pub stopping: AtomicBool,
+    started: Instant,
+    /// When the breaker last opened, ms after `started`.
+    down_at_ms: AtomicU64,
+    /// Rate-limits the log line of a purchase that failed in Redis.
+    pub error_log: Throttle,
+}
+
+impl Shared {
+    /// State for an instance selling from `redis`, journaling into `journal`, with `recovered`
+    /// sales of its previous run to settle first.
+    pub fn new(
+        redis: RedisStore,
+        catalog: Arc<Catalog>,
+        options: FallbackOptions,
+        journal: Journal,
+        recovered: Vec<RecoveredSale>,
+    ) -> Self {
+        Self {
+            redis,
+            catalog,
+            options,
+            fallback: AtomicBool::new(false),
+            reserves: RwLock::new(HashMap::new()),
+            journal,
+            recovered: Mutex::new(recovered),
+            wake: tokio::sync::Notify::new(),
+            work: tokio::sync::Mutex::new(()),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+            down_at_ms: AtomicU64::new(0),
+            error_log: Throttle::new(Duration::from_secs(5)),
+        }
+    }
+
+    /// Whether purchases go to the fallback now.
+    pub fn in_fallback(&self) -> bool {
+        self.fallback.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since the store started (monotonic).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Opens the breaker because of `cause`: logged and counted once per outage.
+    pub fn trip(&self, cause: &StoreError) {
+        if self.open() {
+            tracing::warn!(
+                cause = %cause,
+                "REDIS FAILED: switching to the fallback; selling only from this instance's reserved tickets, journaling every sale to disk until Redis is back"
+            );
+        }
+    }
+
+    /// Opens the breaker at start-up, before anything is sold, because sales of the previous run
+    /// must be settled first.
+    pub fn hold_for_recovery(&self, sales: usize, cancels: usize) {
+        if self.open() {
+            tracing::info!(
+                sales,
+                cancels,
+                "journal: the previous run left work to settle; selling starts once it is in Redis"
+            );
+        }
+    }
+
+    fn open(&self) -> bool {
+        let opened = self
+            .fallback
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if opened {
+            self.down_at_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.redis.metrics().fallback_entered();
+            self.wake.notify_one();
+        }
+        opened
+    }
+
+    /// Closes the breaker. Returns how long it was open.
+    pub fn recovered(&self) -> Duration {
+        self.fallback.store(false, Ordering::Release);
+        self.redis.metrics().fallback_left();
+        Duration::from_millis(self.now_ms() - self.down_at_ms.load(Ordering::Relaxed))
+    }
+
+    /// The reserve record of `event`, created empty on first use.
+    pub fn event_reserve(&self, event: &Arc<Event>) -> Arc<EventReserve> {
+        if let Some(r) = self.reserves.read().get(&*event.id) {
+            return r.clone();
+        }
+        self.reserves
+            .write()
+            .entry(event.id.clone())
+            .or_insert_with(|| {
+                Arc::new(EventReserve {
+                    event: event.clone(),
+                    key: EventKeys::reserve(&event.id, self.redis.instance()),
+                    current: RwLock::new(Arc::new(Reserve::empty())),
+                    unsettled: Mutex::new(Vec::new()),
+                    sell_until_ms: AtomicU64::new(0),
+                    swapped: tokio::sync::Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Whether any fallback sale, of this run or of a previous one, is not in the ledger yet.
+    pub fn owes(&self) -> bool {
+        !self.recovered.lock().is_empty() || self.reserves.read().values().any(|r| r.owes())
+    }
+
+    /// Runs `script` on a pooled connection, bounded by the Redis timeout (at least 500 ms);
+    /// nothing is sent while the connection is down.
+    ///
+    /// # Errors
+    /// Not connected, the bound, or the script's error.
+    pub async fn call<R: fred::types::FromValue>(
+        &self,
+        script: &LuaScript,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> Result<R, StoreError> {
+        let client = self.redis.pool().next();
+        if !client.is_connected() {
+            return Err(StoreError::NotConnected);
+        }
+        let bound = self.call_bound();
+        match tokio::time::timeout(
+            bound,
+            script.run(client, keys, args, || {
+                self.redis.metrics().script_reloaded()
+            }),
+        )
+        .await
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
+    }
+
+    /// The bound on one background call.
+    pub fn call_bound(&self) -> Duration {
+        self.redis.timeout().max(Duration::from_millis(500))
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
