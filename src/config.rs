@@ -36,6 +36,38 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create missing events in Redis (idempotent), or replace them with --reset, then exit.
     Seed(SeedArgs),
+    /// List every instance's fallback reserve per event, live or held back; `release` returns
+    /// a held-back one to the pool.
+    Reserves(ReservesArgs),
+}
+
+/// Settings of `ticketd reserves`.
+#[derive(Debug, Clone, Args)]
+pub struct ReservesArgs {
+    /// Redis URL and log format.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Nothing to list; `release` to return a held-back reserve to the pool.
+    #[command(subcommand)]
+    pub command: Option<ReservesCommand>,
+}
+
+/// Subcommands of `ticketd reserves`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReservesCommand {
+    /// Return a held-back reserve to the pool: only when its instance's journal is lost for
+    /// good (restarting the instance on its --journal-dir returns it safely).
+    Release {
+        /// The event.
+        #[arg(long)]
+        event: String,
+        /// The instance (16 hex digits, as `ticketd reserves` lists it).
+        #[arg(long)]
+        instance: String,
+        /// Confirm: tickets the instance sold while cut off may be sold again.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Settings shared by every command.
@@ -43,10 +75,10 @@ pub enum Command {
 pub struct CommonArgs {
     /// Redis to sell from. Unset: the service runs in memory (with `--store auto`), and `seed`
     /// and `--store redis` use redis://127.0.0.1:6379.
-    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url, global = true)]
     pub redis_url: Option<String>,
     /// Log format: human-readable lines or one JSON object per line. Filter with RUST_LOG.
-    #[arg(long, env = "TICKETD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "TICKETD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }
 

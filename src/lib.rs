@@ -12,9 +12,13 @@
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
 //! - [`store`]: the `Store` trait; [`store::redis`], [`store::batch`] (purchases grouped into
-//!   one script call), [`store::memory`], [`store::cursor`],
-//!   [`store::scripts`] (the embedded Lua).
+//!   one script call), [`store::cancel`] (purchases sold to nobody, given back),
+//!   [`store::ids`], [`store::resilient`] (Redis plus the fallback) with its state
+//!   [`store::fallback`], [`store::supervisor`], [`store::settle`], [`store::lease_watch`],
+//!   [`store::reserve`] and [`store::journal`] (crash-safe fallback sales),
+//!   [`store::memory`], [`store::cursor`], [`store::scripts`] (the embedded Lua).
 //! - [`seed`]: building and atomically installing ticket pools; reading the catalogue.
+//! - [`reserves`]: `ticketd reserves`, the operator's view of live and held-back reserves.
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
 //! - [`stats`]: the periodic purchase-statistics log line.
 //! - [`telemetry`]: tracing set-up; [`throttle`]: rate-limited logging; [`shutdown`]: signals.
@@ -29,6 +33,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod metrics_render;
+pub mod reserves;
 pub mod response;
 pub mod router;
 pub mod run;

@@ -19,6 +19,10 @@ fn main() -> ExitCode {
             let _log = ticketd::telemetry::init(args.common.log_format);
             runtime.block_on(ticketd::seed::run_seed(args))
         }
+        Some(Command::Reserves(args)) => {
+            let _log = ticketd::telemetry::init(args.common.log_format);
+            runtime.block_on(ticketd::reserves::run(args))
+        }
         Some(Command::Serve(args)) => serve(&runtime, args),
         None => serve(&runtime, cli.serve),
     }

@@ -169,20 +169,23 @@ pub async fn load_catalog(pool: &Pool) -> Result<Vec<(String, u64)>, Error> {
     Ok(events)
 }
 
-/// `ticketd seed`: seeds every listed event, prints one line per event, and exits.
-pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
+/// A one-connection pool for a command (`seed`, `reserves`), connected within 5 s.
+///
+/// # Errors
+/// The exit code, after printing why: a bad URL (64) or Redis out of reach (1).
+pub async fn command_pool(url: &str, command: &str) -> Result<Pool, std::process::ExitCode> {
     use fred::interfaces::ClientLike;
     use std::process::ExitCode;
     let options = crate::store::redis::RedisOptions {
         pool_size: 1,
         timeout: std::time::Duration::from_secs(30),
-        ..crate::store::redis::RedisOptions::new(args.common.redis_url())
+        ..crate::store::redis::RedisOptions::new(url)
     };
     let pool = match crate::store::redis::build_pool(&options) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("ticketd: --redis-url: {e}");
-            return ExitCode::from(crate::config::EXIT_CONFIG);
+            return Err(ExitCode::from(crate::config::EXIT_CONFIG));
         }
     };
     pool.connect_pool();
@@ -190,9 +193,20 @@ pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
         tokio::time::timeout(std::time::Duration::from_secs(5), pool.wait_for_connect()).await,
         Ok(Ok(()))
     ) {
-        eprintln!("ticketd seed: cannot reach Redis at {}", options.url);
-        return ExitCode::FAILURE;
+        eprintln!("ticketd {command}: cannot reach Redis at {url}");
+        return Err(ExitCode::FAILURE);
     }
+    Ok(pool)
+}
+
+/// `ticketd seed`: seeds every listed event, prints one line per event, and exits.
+pub async fn run_seed(args: crate::config::SeedArgs) -> std::process::ExitCode {
+    use fred::interfaces::ClientLike;
+    use std::process::ExitCode;
+    let pool = match command_pool(args.common.redis_url(), "seed").await {
+        Ok(pool) => pool,
+        Err(code) => return code,
+    };
     if args.events.0.is_empty() {
         eprintln!("ticketd seed: --events lists no event");
         return ExitCode::from(crate::config::EXIT_CONFIG);
