@@ -51,11 +51,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 ticketd \
  && useradd --system --uid 10001 --gid ticketd --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin ticketd
+        --shell /usr/sbin/nologin ticketd \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/ticketd
 
 COPY --from=build /out/ticketd /out/loadtest /usr/local/bin/
 
 ENV TICKETD_LISTEN=0.0.0.0:3000
+# The instance's identity and its journal of fallback sales: mount a volume here, one per
+# instance, so that a restarted container is the same instance (README, When Redis fails).
+ENV TICKETD_JOURNAL_DIR=/var/lib/ticketd
+VOLUME /var/lib/ticketd
 
 USER 10001:10001
 EXPOSE 3000

@@ -42,6 +42,8 @@ start_redis "$WORK"
 "$A_BIN" seed --redis-url "$REDIS_URL" --events 1=2000000,2=2000000 >/dev/null
 
 start() { # binary event port: starts one server (in this shell, so cleanup stops it)
+  # Each its own journal (TICKETD_JOURNAL_DIR: builds before the journal ignore it).
+  TICKETD_JOURNAL_DIR="$WORK/journal-$3" \
   "$1" --store redis --redis-url "$REDIS_URL" --events "$2=2000000" \
     --listen "127.0.0.1:$3" >"$WORK/ticketd-$2.log" 2>&1 &
   PIDS+=($!)

@@ -70,7 +70,8 @@ start_ticketd() { # store: starts a fresh ticketd on a free port; sets PORT and 
     "$TICKETD" seed --redis-url "$REDIS_URL" --events "$EVENT=$TICKETS" >"$WORK/seed.log" 2>&1 ||
       echo "bench.sh: ticketd seed failed; the server seeds at start-up (its RSS includes it)" >&2
   fi
-  "$TICKETD" "${args[@]}" >"$WORK/ticketd-$store-$PORT.log" 2>&1 &
+  # A journal of its own (TICKETD_JOURNAL_DIR: builds before the journal ignore it).
+  TICKETD_JOURNAL_DIR="$WORK/journal-$PORT" "$TICKETD" "${args[@]}" >"$WORK/ticketd-$store-$PORT.log" 2>&1 &
   TICKETD_PID=$!
   for _ in $(seq 300); do
     if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then

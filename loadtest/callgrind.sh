@@ -50,6 +50,7 @@ count() { # case requests: instructions of one whole ticketd run serving that ma
     "$TICKETD" seed --redis-url "$REDIS_URL" --events 1=1000000 >/dev/null
   fi
   port=$(free_port)
+  TICKETD_JOURNAL_DIR="$WORK/journal" \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$TICKETD" --store "$store" \
     --redis-url "$REDIS_URL" --events 1=1000000 --listen "127.0.0.1:$port" --stats-interval 0 \
     >"$WORK/ticketd.log" 2>&1 &

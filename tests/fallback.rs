@@ -25,26 +25,17 @@ fn event_ids() -> Vec<String> {
 }
 
 async fn start(redis: &RedisServer, reserve: &str) -> TicketdProcess {
-    let url = redis.url();
-    let events = events_flag();
-    let t = TicketdProcess::spawn(
+    let t = TicketdProcess::on_redis(
+        redis,
+        &events_flag(),
         &[
-            "--store",
-            "redis",
-            "--redis-url",
-            &url,
-            "--events",
-            &events,
             "--fallback-reserve",
             reserve,
             "--reserve-lease",
             "3s",
             "--redis-timeout",
             "250ms",
-            "--stats-interval",
-            "0",
         ],
-        &[],
     )
     .await;
     t.wait_ready().await;
@@ -203,23 +194,30 @@ async fn redis_killed_under_load_two_instances() {
     outage_under_load(2).await;
 }
 
-fn flags<'a>(url: &'a str, events: &'a str, lease: &'a str) -> Vec<&'a str> {
-    vec![
-        "--store",
-        "redis",
-        "--redis-url",
-        url,
-        "--events",
-        events,
+/// Two instances on `redis` selling `event` (1000 tickets) with reserves of 100 and `lease`,
+/// each with every reserve claimed.
+async fn two_instances(
+    redis: &RedisServer,
+    event: &str,
+    lease: &str,
+) -> (TicketdProcess, TicketdProcess) {
+    let events = format!("{event}=1000");
+    let flags = [
         "--fallback-reserve",
         "100",
         "--reserve-lease",
         lease,
         "--redis-timeout",
         "250ms",
-        "--stats-interval",
-        "0",
-    ]
+    ];
+    let a = TicketdProcess::on_redis(redis, &events, &flags).await;
+    let b = TicketdProcess::on_redis(redis, &events, &flags).await;
+    let claimed = |x: &support::Answer| x.json()["fallback"]["reserved"][event] == 100;
+    for t in [&a, &b] {
+        t.wait_ready().await;
+        t.wait_until(claimed, "/metrics?format=json").await;
+    }
+    (a, b)
 }
 
 /// Buys `n` tickets of `event` on `addr`, one connection; every answer must be 200.
@@ -256,15 +254,7 @@ async fn sell_out(addrs: Vec<std::net::SocketAddr>, event: &str) -> Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_during_an_outage_loses_and_doubles_nothing() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let flags = flags(&url, "x=1000", "2s");
-    let mut victim = TicketdProcess::spawn(&flags, &[]).await;
-    let survivor = TicketdProcess::spawn(&flags, &[]).await;
-    let claimed = |a: &support::Answer| a.json()["fallback"]["reserved"]["x"] == 100;
-    for t in [&victim, &survivor] {
-        t.wait_ready().await;
-        t.wait_until(claimed, "/metrics?format=json").await;
-    }
+    let (mut victim, survivor) = two_instances(&redis, "x", "2s").await;
 
     redis.signal("STOP");
     let during = buy_n(victim.addr, "x", 30).await; // from the victim's reserve, journaled
@@ -324,15 +314,7 @@ async fn an_instance_killed_during_an_outage_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_stalled_after_an_outage_keeps_its_reserve() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let flags = flags(&url, "y=1000", "3s");
-    let stalled = TicketdProcess::spawn(&flags, &[]).await;
-    let other = TicketdProcess::spawn(&flags, &[]).await;
-    let claimed = |a: &support::Answer| a.json()["fallback"]["reserved"]["y"] == 100;
-    for t in [&stalled, &other] {
-        t.wait_ready().await;
-        t.wait_until(claimed, "/metrics?format=json").await;
-    }
+    let (stalled, other) = two_instances(&redis, "y", "3s").await;
     redis.signal("STOP");
     let mut received = buy_n(stalled.addr, "y", 40).await;
     received.extend(buy_n(other.addr, "y", 40).await);
@@ -453,15 +435,10 @@ async fn a_late_redis_gets_503_meanwhile_never_memory_sales() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_falls_back_within_the_timeout() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let mut t = TicketdProcess::spawn(
+    let mut t = TicketdProcess::on_redis(
+        &redis,
+        "s=2000",
         &[
-            "--store",
-            "redis",
-            "--redis-url",
-            &url,
-            "--events",
-            "s=2000",
             "--fallback-reserve",
             "200",
             "--reserve-lease",
@@ -469,7 +446,6 @@ async fn slow_redis_falls_back_within_the_timeout() {
             "--redis-timeout",
             "200ms",
         ],
-        &[],
     )
     .await;
     t.wait_ready().await;
@@ -557,15 +533,7 @@ async fn slow_redis_falls_back_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_stopped_past_its_lease_is_held_back_not_resold() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let flags = flags(&url, "w=1000", "2s");
-    let stopped = TicketdProcess::spawn(&flags, &[]).await;
-    let other = TicketdProcess::spawn(&flags, &[]).await;
-    let claimed = |a: &support::Answer| a.json()["fallback"]["reserved"]["w"] == 100;
-    for t in [&stopped, &other] {
-        t.wait_ready().await;
-        t.wait_until(claimed, "/metrics?format=json").await;
-    }
+    let (stopped, other) = two_instances(&redis, "w", "2s").await;
     // Sales from the stopped instance's reserve that it has not settled yet.
     redis.signal("STOP");
     let mut received = buy_n(stopped.addr, "w", 40).await;

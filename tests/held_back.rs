@@ -17,22 +17,9 @@ use support::{ledger, RedisServer, TicketdProcess};
 async fn an_operator_lists_and_releases_a_held_back_reserve() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let flags = [
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--events",
-        "h=1000",
-        "--fallback-reserve",
-        "100",
-        "--reserve-lease",
-        "1s",
-        "--stats-interval",
-        "0",
-    ];
-    let victim = TicketdProcess::spawn(&flags, &[]).await;
-    let survivor = TicketdProcess::spawn(&flags, &[]).await;
+    let flags = ["--fallback-reserve", "100", "--reserve-lease", "1s"];
+    let victim = TicketdProcess::on_redis(&redis, "h=1000", &flags).await;
+    let survivor = TicketdProcess::on_redis(&redis, "h=1000", &flags).await;
     let claimed = |a: &support::Answer| a.json()["fallback"]["reserved"]["h"] == 100;
     victim.wait_until(claimed, "/metrics?format=json").await;
     survivor.wait_until(claimed, "/metrics?format=json").await;

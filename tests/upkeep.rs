@@ -11,23 +11,10 @@ use support::{RedisServer, TicketdProcess};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_event_does_not_stop_the_others_leases() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let t = TicketdProcess::spawn(
-        &[
-            "--store",
-            "redis",
-            "--redis-url",
-            &url,
-            "--events",
-            "bad=1000,good=1000",
-            "--fallback-reserve",
-            "100",
-            "--reserve-lease",
-            "2s",
-            "--stats-interval",
-            "0",
-        ],
-        &[],
+    let t = TicketdProcess::on_redis(
+        &redis,
+        "bad=1000,good=1000",
+        &["--fallback-reserve", "100", "--reserve-lease", "2s"],
     )
     .await;
     t.wait_until(

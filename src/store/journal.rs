@@ -295,12 +295,7 @@ mod tests {
     use super::*;
 
     fn sale(n: u64) -> Record {
-        Record::Sale {
-            event: "e".into(),
-            ticket: format!("e-{n:06}").into_bytes(),
-            purchase: format!("p:{n}").into_bytes(),
-            at_ms: n,
-        }
+        Record::test_sale(n)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

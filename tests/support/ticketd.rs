@@ -139,6 +139,24 @@ impl TicketdProcess {
         p
     }
 
+    /// Spawns ticketd on `redis` (`--store redis`, no statistics line) selling `events`, with
+    /// `extra` flags, and waits for `/healthz`.
+    pub async fn on_redis(redis: &super::RedisServer, events: &str, extra: &[&str]) -> Self {
+        let url = redis.url();
+        let mut args = vec![
+            "--store",
+            "redis",
+            "--redis-url",
+            &url,
+            "--events",
+            events,
+            "--stats-interval",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[]).await
+    }
+
     /// Spawns it without waiting for it to serve (for start-up failures).
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = super::redis::free_port();

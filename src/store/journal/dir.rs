@@ -186,12 +186,7 @@ mod tests {
     use super::*;
 
     fn sale(n: u64) -> Record {
-        Record::Sale {
-            event: "e".into(),
-            ticket: format!("e-{n:06}").into_bytes(),
-            purchase: b"p".to_vec(),
-            at_ms: n,
-        }
+        Record::test_sale(n)
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub enum Record {
 }
 
 impl Record {
+    /// A sale of ticket `n` of event `e`, for the journal's tests.
+    #[cfg(test)]
+    pub(crate) fn test_sale(n: u64) -> Self {
+        Record::Sale {
+            event: "e".into(),
+            ticket: format!("e-{n:06}").into_bytes(),
+            purchase: format!("00ff00ff00ff00ff.3:{n}").into_bytes(),
+            at_ms: 1_700_000_000_000 + n,
+        }
+    }
+
     /// Appends this record's frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
@@ -207,19 +218,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn sale(n: u64) -> Record {
-        Record::Sale {
-            event: "gala".into(),
-            ticket: format!("gala-{n:06}").into_bytes(),
-            purchase: format!("00ff00ff00ff00ff.3:{n}").into_bytes(),
-            at_ms: 1_700_000_000_000 + n,
-        }
+        Record::test_sale(n)
     }
 
     fn cancel() -> Record {
         Record::Cancel {
-            event: "gala".into(),
+            event: "e".into(),
             batch: b"00ff00ff00ff00ff.3:77".to_vec(),
-            tickets: vec![b"gala-000001".to_vec(), b"gala-000002".to_vec()],
+            tickets: vec![b"e-000001".to_vec(), b"e-000002".to_vec()],
         }
     }
 
