@@ -34,7 +34,7 @@ cleanup() {
   [ -n "$REDIS_PID" ] && kill -CONT "$REDIS_PID" 2>/dev/null || true
   stop_pid "$TICKETD_PID"
   stop_pid "$REDIS_PID"
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -63,8 +63,8 @@ measure() { # label binary connections
   for e in $(seq 1 "$EVENTS"); do curl -s -o /dev/null -X POST "http://127.0.0.1:$port/buy/e$e"; done
   "$LOADTEST" --url "http://127.0.0.1:$port" -c "$conns" -n "$REQUESTS" --events "$events_list" \
     --json >"$dir/report.json" 2>"$dir/loadtest.err" || true
-  jq -r --arg label "$label" --arg c "$conns" \
-    '"| \($label) | \($c) | \(.answers) | \(.requests_per_second | floor) | \(.latency_us.p50 / 1000) | \(.latency_us.p99 / 1000) | \(.status["200"] // 0) | \(.answers - (.status["200"] // 0)) |"' \
+  jq -r --arg name "$label" --arg c "$conns" \
+    '"| \($name) | \($c) | \(.answers) | \(.requests_per_second | floor) | \(.latency_us.p50 / 1000) | \(.latency_us.p99 / 1000) | \(.status["200"] // 0) | \(.answers - (.status["200"] // 0)) |"' \
     "$dir/report.json" 2>/dev/null || { echo "| $label | $conns | (no report) |"; cat "$dir/loadtest.err" >&2; }
   kill -CONT "$REDIS_PID"
   stop_pid "$TICKETD_PID"

@@ -292,8 +292,9 @@ async fn an_instance_killed_during_an_outage_loses_and_doubles_nothing() {
     // The victim comes back on its journal: it settles its 30 sales and takes its reserve back.
     victim.restart().await;
     victim.wait_ready().await;
-    let log = victim.log_text();
-    assert!(log.contains("previous run left work to settle"), "{log}");
+    victim
+        .wait_for_log("previous run left work to settle")
+        .await;
     let s = ledger::check(&r, "x", 1000, &received).await;
     assert_eq!(s.held_back(), 0, "the owner took its reserve back");
     victim.stop(); // hands the 70 unsold tickets back to the pool
@@ -366,11 +367,8 @@ async fn no_redis_configured_runs_in_memory_and_sells_exactly_the_capacity() {
         }
     }
     assert_eq!((tickets.len(), sold_out), (50, 10));
-    let log = t.log_text();
-    assert!(
-        log.contains("IN-MEMORY MODE"),
-        "a loud warning says nothing is persisted:\n{log}"
-    );
+    // A loud warning says nothing is persisted, and why.
+    let log = t.wait_for_log("IN-MEMORY MODE").await;
     assert!(log.contains("no Redis configured"), "{log}");
 }
 
@@ -406,7 +404,7 @@ async fn a_late_redis_gets_503_meanwhile_never_memory_sales() {
             .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let log = t.log_text();
+    let log = t.wait_for_log("cannot reach Redis").await;
     assert!(!log.contains("IN-MEMORY MODE"), "{log}");
     assert!(log.contains("refused"), "the log says why: {log}");
 

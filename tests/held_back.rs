@@ -32,11 +32,7 @@ async fn an_operator_lists_and_releases_a_held_back_reserve() {
             "/metrics?format=json",
         )
         .await;
-    assert!(
-        survivor.log_text().contains("HELD BACK the reserve"),
-        "{}",
-        survivor.log_text()
-    );
+    survivor.wait_for_log("HELD BACK the reserve").await;
     let listed = run_binary(&["reserves", "--redis-url", &url]);
     let out = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{out}");

@@ -259,7 +259,7 @@ impl Writer {
     }
 
     fn forget(&mut self, through: u64, dirty: &AtomicBool) {
-        if self.oldest == 0 {
+        if self.oldest == 0 || through < self.oldest {
             return;
         }
         let last = through.min(self.seq - 1);

@@ -222,6 +222,20 @@ impl TicketdProcess {
         wait_until(self.addr, ok, path).await;
     }
 
+    /// Waits (bounded) until the log holds `needle`, and returns the log. Lines reach the file
+    /// through a non-blocking writer, a moment after they are logged.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "never logged {needle:?}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything the process logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
