@@ -1,0 +1,350 @@
+//! The system under test: one private redis-server and N ticketd instances in one temporary
+//! directory, with the operations the nemesis needs (kill, restart, pause, resume, each
+//! recorded as a window in the [`FaultLog`]), healing, and the graceful stop at the end.
+//! Dropping it kills everything it started.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::error::HarnessError;
+use crate::history::{Clock, FaultLog, Outage};
+use crate::redis::RedisServer;
+use crate::ticketd::{wait_for, Binary, Instance};
+
+/// Bound on an instance becoming ready (at the start, after a restart, after healing).
+pub const READY_BOUND: Duration = Duration::from_secs(30);
+/// Bound on an instance's exit after SIGTERM.
+pub const STOP_BOUND: Duration = Duration::from_secs(20);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The ticketd binary.
+    pub binary: Binary,
+    /// How many instances.
+    pub instances: usize,
+    /// Events and capacities (`--events`).
+    pub events: Vec<(String, u64)>,
+    /// `--fallback-reserve`.
+    pub reserve: u64,
+    /// `--reserve-lease`.
+    pub lease: Duration,
+    /// `--redis-timeout`.
+    pub redis_timeout: Duration,
+}
+
+impl Spec {
+    /// The event ids.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.events.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn args(&self, redis_url: &str) -> Vec<String> {
+        let events = self
+            .events
+            .iter()
+            .map(|(id, n)| format!("{id}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            "--store",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--events",
+            &events,
+            "--fallback-reserve",
+            &self.reserve.to_string(),
+            "--reserve-lease",
+            &format!("{}ms", self.lease.as_millis()),
+            "--redis-timeout",
+            &format!("{}ms", self.redis_timeout.as_millis()),
+            "--stats-interval",
+            "0",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+/// Redis and the instances of one run.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The Redis server.
+    pub redis: RedisServer,
+    /// The ticketd instances.
+    pub instances: Vec<Instance>,
+    /// Kill and stop windows, and problems.
+    pub log: FaultLog,
+    clock: Clock,
+    /// The open stop window of each instance.
+    stopped: Vec<Option<usize>>,
+    /// The open kill window of each instance.
+    killed: Vec<Option<usize>>,
+    /// Tasks that wait for restarted instances to answer.
+    watchers: Vec<JoinHandle<()>>,
+    root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts Redis and the instances (which seed the events themselves), and waits until every
+    /// instance is ready and holds its reserve of every event.
+    ///
+    /// # Errors
+    /// Redis or an instance did not start.
+    pub async fn start(spec: &Spec, clock: Clock) -> Result<Self, HarnessError> {
+        let root = tempfile::Builder::new()
+            .prefix("chaos-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
+        let redis = RedisServer::start(&root.path().join("redis")).await?;
+        let args = spec.args(&redis.url());
+        let mut instances = Vec::with_capacity(spec.instances);
+        for i in 0..spec.instances {
+            let dir = root.path().join(format!("ticketd-{i}"));
+            let mut instance = Instance::new(&spec.binary, i, &dir, &args)?;
+            instance.start()?;
+            instances.push(instance);
+        }
+        let cluster = Self {
+            redis,
+            stopped: vec![None; instances.len()],
+            killed: vec![None; instances.len()],
+            instances,
+            log: FaultLog::default(),
+            clock,
+            watchers: Vec::new(),
+            root,
+        };
+        let ids = spec.event_ids();
+        let reserve = spec.reserve;
+        for instance in &cluster.instances {
+            let not_ready = |what: &str| HarnessError::NotReady {
+                instance: instance.index,
+                bound: READY_BOUND,
+                what: what.to_owned(),
+                log: instance.log.display().to_string(),
+            };
+            if !instance
+                .wait_for("/readyz", READY_BOUND, |a| a.status == 200)
+                .await
+            {
+                return Err(not_ready("/readyz 200"));
+            }
+            let claimed = instance
+                .wait_for("/metrics?format=json", READY_BOUND, |a| {
+                    let json = a.json();
+                    ids.iter()
+                        .all(|id| json["fallback"]["reserved"][id].as_u64() == Some(reserve))
+                })
+                .await;
+            if !claimed {
+                return Err(not_ready(
+                    "fallback.reserved of every event == --fallback-reserve",
+                ));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// The instances' addresses, by index.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.instances.iter().map(|i| i.addr).collect()
+    }
+
+    /// The run's directory (Redis data, instance logs and journals).
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().to_owned()
+    }
+
+    /// Keeps the run's directory after the cluster is dropped; returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.root.disable_cleanup(true);
+        self.root.path().to_owned()
+    }
+
+    /// SIGKILL Redis.
+    pub fn kill_redis(&mut self) {
+        self.redis.kill();
+    }
+
+    /// Restarts Redis on its port and directory.
+    ///
+    /// # Errors
+    /// It did not come back.
+    pub async fn restart_redis(&mut self) -> Result<(), HarnessError> {
+        self.redis.start_again().await
+    }
+
+    /// SIGSTOP Redis.
+    pub fn pause_redis(&mut self) {
+        if let Err(e) = self.redis.pause() {
+            self.log.problem(format!("nemesis: SIGSTOP Redis: {e}"));
+        }
+    }
+
+    /// SIGCONT Redis.
+    pub fn resume_redis(&mut self) {
+        if let Err(e) = self.redis.resume() {
+            self.log.problem(format!("nemesis: SIGCONT Redis: {e}"));
+        }
+    }
+
+    /// SIGKILL instance `i`; it is out of service until restarted and answering.
+    pub fn kill_instance(&mut self, i: usize) {
+        self.note_exit(i);
+        // The window opens before the signal: a buyer may see its connection reset before
+        // `kill` returns.
+        let at = self.clock.now();
+        if self.killed[i].is_none() {
+            self.killed[i] = Some(self.log.open(i, Outage::Killed, at));
+        }
+        self.instances[i].kill();
+        if let Some(w) = self.stopped[i].take() {
+            self.log.close(w, self.clock.now());
+        }
+    }
+
+    /// Restarts instance `i` with the same arguments (port, journal directory); its kill window
+    /// closes when it answers `/healthz`, which a background task waits for.
+    pub fn restart_instance(&mut self, i: usize) {
+        let window = self.killed[i].take();
+        if let Err(e) = self.instances[i].start() {
+            self.log
+                .problem(format!("nemesis: restarting instance {i}: {e}"));
+            return;
+        }
+        let (addr, log, clock) = (self.instances[i].addr, self.log.clone(), self.clock);
+        self.watchers.push(tokio::spawn(async move {
+            let up = wait_for(addr, "/healthz", READY_BOUND, |a| a.status == 200).await;
+            if let Some(w) = window {
+                log.close(w, clock.now());
+            }
+            if !up {
+                log.problem(format!(
+                    "instance {i} did not answer /healthz within {READY_BOUND:?} after its restart"
+                ));
+            }
+        }));
+    }
+
+    /// SIGSTOP instance `i`.
+    pub fn pause_instance(&mut self, i: usize) {
+        self.note_exit(i);
+        let at = self.clock.now();
+        match self.instances[i].pause() {
+            Ok(()) => {
+                self.stopped[i] = Some(self.log.open(i, Outage::Stopped, at));
+            }
+            Err(e) => self
+                .log
+                .problem(format!("nemesis: SIGSTOP instance {i}: {e}")),
+        }
+    }
+
+    /// SIGCONT instance `i`.
+    pub fn resume_instance(&mut self, i: usize) {
+        if !self.instances[i].is_stopped() {
+            return;
+        }
+        if let Err(e) = self.instances[i].resume() {
+            self.log
+                .problem(format!("nemesis: SIGCONT instance {i}: {e}"));
+        }
+        if let Some(w) = self.stopped[i].take() {
+            self.log.close(w, self.clock.now());
+        }
+    }
+
+    /// Records an instance that ended by itself (a crash nobody injected).
+    fn note_exit(&mut self, i: usize) {
+        if let Some(status) = self.instances[i].exited() {
+            self.log.problem(format!(
+                "instance {i} exited by itself ({status}); log: {}\n{}",
+                self.instances[i].log.display(),
+                self.instances[i].log_tail(20)
+            ));
+        }
+    }
+
+    /// Ends every fault: SIGCONT what is stopped, restarts what is dead, and waits until every
+    /// instance answers `/readyz` (a failure to come back is recorded as a problem).
+    ///
+    /// # Errors
+    /// Redis did not come back.
+    pub async fn heal(&mut self) -> Result<(), HarnessError> {
+        if self.redis.is_stopped() {
+            self.resume_redis();
+        }
+        if !self.redis.is_running() {
+            self.restart_redis().await?;
+        }
+        for i in 0..self.instances.len() {
+            self.note_exit(i);
+            if self.instances[i].is_stopped() {
+                self.resume_instance(i);
+            }
+            if !self.instances[i].is_running() {
+                if self.killed[i].is_none() {
+                    self.killed[i] = Some(self.log.open(i, Outage::Killed, self.clock.now()));
+                }
+                self.restart_instance(i);
+            }
+        }
+        for watcher in self.watchers.drain(..) {
+            // The watcher only polls and records; a panic there is a harness bug.
+            watcher.await.expect("a restart watcher does not panic");
+        }
+        for instance in &self.instances {
+            if !instance
+                .wait_for("/readyz", READY_BOUND, |a| a.status == 200)
+                .await
+            {
+                self.log.problem(format!(
+                    "instance {} not ready within {READY_BOUND:?} after healing; log: {}",
+                    instance.index,
+                    instance.log.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM every instance (they hand their reserves back) and expects exit code 0 within
+    /// [`STOP_BOUND`]; anything else is recorded as a problem.
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.instances.len() {
+            self.note_exit(i);
+            let instance = &mut self.instances[i];
+            if !instance.is_running() {
+                continue;
+            }
+            match instance.terminate(STOP_BOUND).await {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => self.log.problem(format!(
+                    "instance {i} ended with {status} after SIGTERM, not 0; log: {}\n{}",
+                    instance.log.display(),
+                    instance.log_tail(20)
+                )),
+                Ok(None) => self.log.problem(format!(
+                    "instance {i} did not exit within {STOP_BOUND:?} of SIGTERM; log: {}",
+                    instance.log.display()
+                )),
+                Err(e) => self.log.problem(format!("SIGTERM instance {i}: {e}")),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Restart watchers only poll; none may outlive the run. The processes die with their
+        // handles.
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
+    }
+}

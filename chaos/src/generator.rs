@@ -1,0 +1,292 @@
+//! The buyers: keep-alive HTTP/1.1 connections spread over the instances, each doing
+//! `POST /buy/<event>` over the events and recording every request in the history. While the
+//! nemesis works they buy at a set pace ([`buy_paced`]); afterwards they buy at full speed until
+//! every instance answers `409` for every event ([`drain`]). Every request, every reconnection
+//! and every phase is bounded.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use rand::Rng;
+
+use crate::history::{Clock, NoAnswer, Op, Outcome, Phase};
+use crate::http::{Conn, HttpError};
+
+/// Bound on one request (connect, or send and read the answer).
+pub const REQUEST_BOUND: Duration = Duration::from_secs(10);
+/// Pause after a failed connect, and after a lost connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Consecutive failed connects after which a buyer gives up.
+const MAX_RECONNECTS: u32 = 300;
+/// Pause after a `503` while draining.
+const DRAIN_RETRY: Duration = Duration::from_millis(50);
+
+/// How the buyers load the instances while the nemesis works.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Concurrent connections, spread round-robin over the instances.
+    pub connections: usize,
+    /// Mean pause of one connection between two requests (jittered ±50 %): the pace is about
+    /// `connections / pause` requests per second.
+    pub pause: Duration,
+}
+
+/// One connection slot: its instance, its connection (and when it was opened), its record.
+struct Buyer {
+    id: usize,
+    instance: usize,
+    addr: SocketAddr,
+    clock: Clock,
+    conn: Option<(Conn, Duration)>,
+    failed_connects: u32,
+    ops: Vec<Op>,
+}
+
+impl Buyer {
+    fn new(id: usize, addrs: &[SocketAddr], clock: Clock) -> Self {
+        let instance = id % addrs.len();
+        Self {
+            id,
+            instance,
+            addr: addrs[instance],
+            clock,
+            conn: None,
+            failed_connects: 0,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Whether it gave up reconnecting.
+    fn gave_up(&self) -> bool {
+        self.failed_connects >= MAX_RECONNECTS
+    }
+
+    /// One purchase of `event` (index `e`), recorded; reconnects first if needed.
+    async fn buy(&mut self, event: &str, e: usize, phase: Phase) -> Outcome {
+        let (mut conn, connected) = match self.conn.take() {
+            Some(open) => open,
+            None => {
+                let at = self.clock.now();
+                match Conn::open(self.addr, REQUEST_BOUND).await {
+                    Ok(c) => {
+                        self.failed_connects = 0;
+                        (c, at)
+                    }
+                    Err(err) => {
+                        self.failed_connects += 1;
+                        let outcome = Outcome::NoAnswer(match err {
+                            HttpError::Timeout(_) => NoAnswer::Timeout,
+                            _ => NoAnswer::Connect,
+                        });
+                        let times = (at, at, self.clock.now());
+                        self.record(e, times, outcome.clone(), Some(err), phase);
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                        return outcome;
+                    }
+                }
+            }
+        };
+        let start = self.clock.now();
+        let path = format!("/buy/{event}");
+        let mut error = None;
+        let outcome = match conn.send(Method::POST, &path, REQUEST_BOUND).await {
+            Ok(answer) => {
+                self.conn = Some((conn, connected));
+                match answer.status {
+                    200 => answer
+                        .ticket()
+                        .map_or(Outcome::SoldWithoutTicket, Outcome::Sold),
+                    409 => Outcome::SoldOut,
+                    503 => Outcome::Unavailable,
+                    other => Outcome::Status(other),
+                }
+            }
+            Err(err) => {
+                let kind = match err {
+                    HttpError::Timeout(_) => NoAnswer::Timeout,
+                    _ => NoAnswer::Connection,
+                };
+                error = Some(err);
+                Outcome::NoAnswer(kind)
+            }
+        };
+        let times = (connected, start, self.clock.now());
+        self.record(e, times, outcome.clone(), error, phase);
+        if matches!(outcome, Outcome::NoAnswer(_)) {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+        outcome
+    }
+
+    /// Records one request; `times` are (connection opened, sent, answered).
+    fn record(
+        &mut self,
+        event: usize,
+        (connected, start, end): (Duration, Duration, Duration),
+        outcome: Outcome,
+        error: Option<HttpError>,
+        phase: Phase,
+    ) {
+        self.ops.push(Op {
+            buyer: self.id,
+            instance: self.instance,
+            event,
+            connected,
+            start,
+            end,
+            outcome,
+            error: error.map(|e| chain(&e).into_boxed_str()),
+            phase,
+        });
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The next event after `*cursor` for which `open` holds, advancing the cursor.
+fn next_event(cursor: &mut usize, n: usize, open: impl Fn(usize) -> bool) -> Option<usize> {
+    for _ in 0..n {
+        *cursor = (*cursor + 1) % n;
+        if open(*cursor) {
+            return Some(*cursor);
+        }
+    }
+    None
+}
+
+/// Buys at the pace of `load` on `addrs` until `stop` is set; returns every request.
+pub async fn buy_paced(
+    addrs: Vec<SocketAddr>,
+    events: Arc<Vec<String>>,
+    load: Load,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+) -> Vec<Op> {
+    let tasks: Vec<_> = (0..load.connections)
+        .map(|id| {
+            let mut buyer = Buyer::new(id, &addrs, clock);
+            let events = events.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut sold_out = vec![false; events.len()];
+                let mut cursor = id;
+                let pause = load.pause.as_secs_f64();
+                // Start spread over one pause, not all at once.
+                let first = rand::rng().random_range(0.0..pause.max(0.001));
+                tokio::time::sleep(Duration::from_secs_f64(first)).await;
+                while !stop.load(Ordering::Relaxed) && !buyer.gave_up() {
+                    if let Some(e) = next_event(&mut cursor, events.len(), |e| !sold_out[e]) {
+                        if buyer.buy(&events[e], e, Phase::Faults).await == Outcome::SoldOut {
+                            sold_out[e] = true;
+                        }
+                    }
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    tokio::time::sleep(Duration::from_secs_f64(pause * jitter)).await;
+                }
+                buyer.ops
+            })
+        })
+        .collect();
+    collect(tasks).await
+}
+
+/// What [`drain`] leaves behind.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Every request.
+    pub ops: Vec<Op>,
+    /// `(instance, event)` pairs that never answered `409` within the bound.
+    pub unfinished: Vec<(usize, usize)>,
+}
+
+/// Buys with `connections` connections at full speed until every instance has answered `409`
+/// for every event, or `bound` passes.
+pub async fn drain(
+    addrs: Vec<SocketAddr>,
+    events: Arc<Vec<String>>,
+    connections: usize,
+    clock: Clock,
+    bound: Duration,
+) -> Drained {
+    let deadline = Instant::now() + bound;
+    let done: Arc<Vec<Vec<AtomicBool>>> = Arc::new(
+        addrs
+            .iter()
+            .map(|_| events.iter().map(|_| AtomicBool::new(false)).collect())
+            .collect(),
+    );
+    let tasks: Vec<_> = (0..connections.max(addrs.len()))
+        .map(|id| {
+            let mut buyer = Buyer::new(id, &addrs, clock);
+            let events = events.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mine = &done[buyer.instance];
+                let mut cursor = id;
+                while Instant::now() < deadline && !buyer.gave_up() {
+                    let Some(e) = next_event(&mut cursor, events.len(), |e| {
+                        !mine[e].load(Ordering::Relaxed)
+                    }) else {
+                        break;
+                    };
+                    match buyer.buy(&events[e], e, Phase::Drain).await {
+                        Outcome::SoldOut => mine[e].store(true, Ordering::Relaxed),
+                        Outcome::Unavailable => tokio::time::sleep(DRAIN_RETRY).await,
+                        _ => {}
+                    }
+                }
+                buyer.ops
+            })
+        })
+        .collect();
+    let ops = collect(tasks).await;
+    let unfinished = done
+        .iter()
+        .enumerate()
+        .flat_map(|(i, per_event)| {
+            per_event
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.load(Ordering::Relaxed))
+                .map(move |(e, _)| (i, e))
+        })
+        .collect();
+    Drained { ops, unfinished }
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>) -> Vec<Op> {
+    let mut all = Vec::new();
+    for task in tasks {
+        // A buyer task only ends by returning its record; a panic there is a harness bug.
+        all.extend(task.await.expect("a buyer task does not panic"));
+    }
+    all.sort_by_key(|op| op.start);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_event_skips_closed_events_and_ends_when_all_are() {
+        let mut cursor = 0;
+        assert_eq!(next_event(&mut cursor, 3, |e| e != 1), Some(2));
+        assert_eq!(next_event(&mut cursor, 3, |e| e != 1), Some(0));
+        assert_eq!(next_event(&mut cursor, 3, |e| e != 1), Some(2));
+        assert_eq!(next_event(&mut cursor, 3, |_| false), None);
+    }
+}
