@@ -14,11 +14,12 @@
 -- renew comes back to it: the instance settled its journal just before this call, so it knows
 -- every ticket of the list it sold. Moves tickets from the pool into the reserve only while the
 -- pool holds more than four reserves' worth, so reserves never take the last tickets of a sale.
--- Returns {status, now ms, pool length, moved, taken back, ids...}: status 1, or -2 when the
--- event is not in Redis. The ids (the whole reserve) are returned only when the reserve changed
--- or its length is not what the instance believes, so a plain heartbeat stays small.
+-- Returns {status, now ms, pool length, moved, taken back, listed, ids...}: status 1, or -2 when
+-- the event is not in Redis. listed is 1 when the ids that follow are the whole reserve (possibly
+-- none: an empty reserve is news too), sent only when the reserve changed or its length is not
+-- what the instance believes, so a plain heartbeat stays small; 0 otherwise.
 if redis.call('EXISTS', KEYS[5]) == 0 then
-  return {-2, 0, 0, 0, 0}
+  return {-2, 0, 0, 0, 0, 0}
 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -62,8 +63,9 @@ if want > 0 and pool > 4 * size then
   end
   pool = redis.call('LLEN', KEYS[1])
 end
-local out = {1, now, pool, moved, back}
+local out = {1, now, pool, moved, back, 0}
 if moved > 0 or have ~= tonumber(ARGV[4]) then
+  out[6] = 1
   for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
     out[#out + 1] = id
   end

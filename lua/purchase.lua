@@ -8,7 +8,7 @@
 -- KEYS[5] event:{id}:reserved   STRING: tickets held in instances' live fallback reserves
 -- KEYS[6] event:{id}:stale      SET of tickets recorded as sold by a late settlement while they
 --                               still sat in the pool (see settle.lua): skipped when popped
--- ARGV[1] batch id, unique per call ("<instance>:<n>")
+-- ARGV[1] batch id, unique per call ("<instance>.<run>:<n>")
 -- ARGV[2] purchases in the batch, n >= 1
 --
 -- Returns {status, unsold, reserved, tickets}:

@@ -3,7 +3,9 @@
 -- Two callers:
 -- * the owner, at a graceful shutdown and when the pool runs low so that the last tickets are
 --   sold from Redis. It has settled every fallback sale of that reserve first, so all the
---   reserve holds is unsold. No ARGV[2].
+--   reserve holds is unsold: ARGV[2] is how many tickets that is. A list of another length is
+--   not the one the owner settled (a copy of this call re-sent late, after a claim changed the
+--   list): nothing happens, and the owner's next claim sees the list as it is.
 -- * an operator (`ticketd reserves release`), for a held-back reserve whose owner is not coming
 --   back, with ARGV[2] = 'held': nothing happens unless the reserve is held back. Sales its
 --   owner made while cut off from Redis and never settled are lost to the ledger then, and
@@ -12,11 +14,16 @@
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:reserve:<instance>, KEYS[3] event:{id}:leases,
 -- KEYS[4] event:{id}:reserved, KEYS[5] event:{id}:held
--- ARGV[1] instance, ARGV[2] 'held' (operator only)
--- Returns how many tickets went back, or -1 when an operator's reserve is not held back.
+-- ARGV[1] instance, ARGV[2] 'held' (operator) or the expected length (owner)
+-- Returns how many tickets went back, -1 when an operator's reserve is not held back, or -2
+-- when the owner's reserve is not of the expected length.
 local held = redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1
-if ARGV[2] == 'held' and not held then
-  return -1
+if ARGV[2] == 'held' then
+  if not held then
+    return -1
+  end
+elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then
+  return -2
 end
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = 1, #ids, 1000 do

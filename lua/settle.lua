@@ -22,6 +22,9 @@ for i = 2, #ARGV, 3 do
   local ticket, purchase, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local in_reserve = redis.call('LREM', KEYS[1], 1, ticket) == 1
   if in_reserve then
+    -- Out of every list now: a stale mark (a late sale of it settled by another instance)
+    -- has nothing left to skip.
+    redis.call('SREM', KEYS[5], ticket)
     if held then
       redis.call('HINCRBY', KEYS[4], ARGV[1], -1)
     else

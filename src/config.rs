@@ -129,8 +129,9 @@ pub struct ServeArgs {
     /// tickets are invisible to other instances until handed back.
     #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::fallback::MAX_RESERVE))]
     pub fallback_reserve: u64,
-    /// Lease on a reserve: a crashed instance's reserve returns to the pool this long after its
-    /// last heartbeat; an instance cut off from Redis stops selling from its reserve before it.
+    /// Lease on a reserve: an instance cut off from Redis stops selling from its reserve before
+    /// it runs out; another instance that watched it expire holds the reserve back (never
+    /// returns it to the pool) until its owner comes back or an operator releases it.
     #[arg(long, env = "TICKETD_RESERVE_LEASE", default_value = "15s", value_parser = parse_lease)]
     pub reserve_lease: Duration,
     /// How often to log a purchase-statistics line (sold, rate, remaining, errors, mode);

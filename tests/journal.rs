@@ -19,8 +19,6 @@ fn flags(url: &str) -> Vec<String> {
         url,
         "--events",
         "j=100",
-        "--fallback-reserve",
-        "10",
         "--redis-timeout",
         "250ms",
         "--stats-interval",
@@ -98,33 +96,62 @@ async fn a_journal_directory_that_cannot_be_used_stops_start_up() {
 /// the ticket it took is sold to somebody in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellations_a_shutdown_could_not_send_are_done_by_the_next_run() {
+    shutdown_leaves_its_cancellations_to_the_next_run(10).await;
+}
+
+/// The same without reserves: nothing to hand back, so nothing stands between the shutdown
+/// and a journal checkpoint that must not let the cancellation's record go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reserves_too() {
+    shutdown_leaves_its_cancellations_to_the_next_run(0).await;
+}
+
+async fn shutdown_leaves_its_cancellations_to_the_next_run(reserve: u64) {
     let redis = RedisServer::start();
     let mut f = flags(&redis.url());
+    let reserve_flag = reserve.to_string();
     f.extend(["--shutdown-timeout".into(), "1s".into()]);
+    f.extend(["--fallback-reserve".into(), reserve_flag]);
     let f: Vec<&str> = f.iter().map(String::as_str).collect();
     let mut t = TicketdProcess::spawn(&f, &[]).await;
     t.wait_ready().await;
     t.wait_until(
-        |a| a.json()["fallback"]["reserved"]["j"] == 10,
+        |a| a.json()["fallback"]["reserved"]["j"] == reserve,
         "/metrics?format=json",
     )
     .await;
     redis.signal("STOP");
-    // The call goes to Redis and times out (it may run later); the buyer gets a reserve ticket.
+    // The call goes to Redis and times out (it may run later); the buyer gets a reserve ticket,
+    // or 503 without reserves.
     let mut c = Conn::open(t.addr).await.unwrap();
     let a = c.buy("j").await.unwrap();
-    assert_eq!(a.status, StatusCode::OK);
-    let mut received = HashSet::from([a.json()["ticket"].as_str().unwrap().to_owned()]);
+    let mut received = HashSet::new();
+    if reserve > 0 {
+        assert_eq!(a.status, StatusCode::OK);
+        received.insert(a.json()["ticket"].as_str().unwrap().to_owned());
+    } else {
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
     drop(c);
     t.signal("TERM"); // Redis still paused: the shutdown cannot send the cancellation
     assert_eq!(t.wait(), Some(0), "{}", t.log_text());
     redis.signal("CONT"); // the late call runs now: a ticket sold to nobody
     let log = t.log_text();
     assert!(log.contains("done by the next run"), "{log}");
+    let r = redis.client().await;
+    let deadline = Instant::now() + support::WAIT;
+    while ledger::read(&r, "j")
+        .await
+        .sold
+        .keys()
+        .all(|k| received.contains(k))
+    {
+        assert!(Instant::now() < deadline, "the late call never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     t.restart().await;
     t.wait_ready().await;
-    let r = redis.client().await;
     let deadline = Instant::now() + support::WAIT;
     loop {
         let s = ledger::read(&r, "j").await;

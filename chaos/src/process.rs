@@ -12,14 +12,20 @@ use rustix::process::{kill_process, Pid, Signal};
 /// A port on 127.0.0.1 that nobody listens on right now (never 6379, someone's Redis).
 ///
 /// # Errors
-/// Binding an ephemeral port failed.
+/// None of a thousand ports tried was free.
 pub fn free_port() -> io::Result<u16> {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if port != 6379 {
+    // Below the kernel's ephemeral range (32768 and up on Linux): a port kept across restarts
+    // must not be taken meanwhile as the source port of some outgoing connection.
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000u16);
+        if port != 6379 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free port in 20000..32000",
+    ))
 }
 
 /// One running (or stopped) child process; empty after [`Process::kill`] or an exit.

@@ -32,6 +32,11 @@ impl Binary {
     /// # Errors
     /// The binary cannot be run.
     pub fn probe(path: &Path) -> Result<Self, HarnessError> {
+        // Instances run in directories of their own: a relative path must not depend on that.
+        let path = &std::path::absolute(path).map_err(|source| HarnessError::Ticketd {
+            path: path.display().to_string(),
+            source,
+        })?;
         let output = Command::new(path)
             .arg("--help")
             .stdin(Stdio::null())

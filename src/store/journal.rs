@@ -74,6 +74,8 @@ pub struct Journal {
     tx: mpsc::Sender<Job>,
     /// Some segment holds records that no checkpoint has let go of yet.
     dirty: Arc<AtomicBool>,
+    /// A write or sync failed: nothing more is accepted.
+    broken: Arc<AtomicBool>,
 }
 
 /// Most records written with one sync.
@@ -92,10 +94,11 @@ impl Journal {
             file: None,
             written: 0,
             oldest: opened.first_segment,
-            broken: false,
+            broken: Arc::new(AtomicBool::new(false)),
         };
         writer.open_segment()?;
         let dirty = Arc::new(AtomicBool::new(!opened.records.is_empty()));
+        let broken = writer.broken.clone();
         let (tx, rx) = mpsc::channel();
         let flag = dirty.clone();
         std::thread::Builder::new()
@@ -106,7 +109,13 @@ impl Journal {
                 what: "start the writer for",
                 source,
             })?;
-        Ok(Self { tx, dirty })
+        Ok(Self { tx, dirty, broken })
+    }
+
+    /// Whether a write or sync failed: every later append fails. Sellers check it before they
+    /// take a ticket, so a broken journal does not use the reserve up on sales it cannot keep.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     /// Appends `record`; resolves once it is synced to disk.
@@ -151,7 +160,7 @@ struct Writer {
     written: u64,
     /// The oldest segment that may still be on disk (0: none before the current one).
     oldest: u64,
-    broken: bool,
+    broken: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -216,7 +225,7 @@ impl Writer {
         if waiting.is_empty() {
             return;
         }
-        let result = if self.broken {
+        let result = if self.broken.load(Ordering::Acquire) {
             Err(Arc::new(JournalError::Broken))
         } else {
             let file = self.file.as_mut().expect("a segment is open");
@@ -227,7 +236,7 @@ impl Writer {
                     Ok(())
                 }
                 Err(source) => {
-                    self.broken = true;
+                    self.broken.store(true, Ordering::Release);
                     let e = JournalError::Io {
                         path: self.path(self.seq),
                         what: "write",
@@ -245,14 +254,14 @@ impl Writer {
     }
 
     fn checkpoint(&mut self) -> u64 {
-        if self.written > 0 && !self.broken {
+        if self.written > 0 && !self.broken.load(Ordering::Acquire) {
             if self.oldest == 0 {
                 self.oldest = self.seq;
             }
             self.seq += 1;
             if let Err(e) = self.open_segment() {
                 tracing::error!(error = %e, "JOURNAL FAILED: cannot start a new segment");
-                self.broken = true;
+                self.broken.store(true, Ordering::Release);
             }
         }
         self.seq - 1

@@ -67,6 +67,13 @@ impl LeaseWatch {
         now.saturating_duration_since(w.since) >= self.lease
     }
 
+    /// Drops the watches not looked at for ten gaps (instances gone, events no longer sold).
+    pub fn prune(&mut self, now: Instant) {
+        let horizon = self.max_gap * 10;
+        self.seen
+            .retain(|_, w| now.saturating_duration_since(w.last) <= horizon);
+    }
+
     /// Stops watching `instance`'s lease of `event` (it was acted on).
     pub fn done(&mut self, event: &str, instance: &str) {
         self.seen.remove(&(Box::from(event), Box::from(instance)));
@@ -136,5 +143,7 @@ mod tests {
         assert!(w.observe("e", "a", 100, t0 + ms(3600)));
         w.done("e", "a");
         assert!(!w.observe("e", "a", 100, t0 + ms(4200)));
+        w.prune(t0 + ms(4200) + GAP * 11);
+        assert!(w.seen.is_empty(), "watches of instances gone are dropped");
     }
 }

@@ -119,6 +119,11 @@ impl ResilientStore {
     /// recorded (it is settled as sold to nobody), and the buyer gets `503`.
     async fn take(&self, er: &EventReserve, reserve: &Reserve) -> Option<Result<u64, StoreError>> {
         let s = &self.shared;
+        if s.journal.is_broken() {
+            s.redis.metrics().journal_failed();
+            let broken = Arc::new(crate::store::journal::JournalError::Broken);
+            return Some(Err(StoreError::Journal(broken)));
+        }
         let purchase = s.redis.next_purchase();
         let at_ms = unix_ms();
         let ticket = reserve.take(purchase, at_ms)?;
@@ -257,7 +262,7 @@ impl Store for ResilientStore {
         if tokio::time::timeout(bound, work).await.is_err() {
             tracing::error!(
                 ?bound,
-                "could not return the reserves within the bound; expired leases will return them"
+                "could not hand the reserves back within the bound; other instances will hold them back until this instance starts again on its journal"
             );
         }
     }

@@ -89,7 +89,16 @@ pub async fn settle_recovered(s: &Shared, script: &LuaScript) -> Result<u64, Sto
         let (done, r) = write(s, script, event, keys, &owed).await;
         written += done as u64;
         left.extend_from_slice(&group[done..]);
-        result = r;
+        match r {
+            Err(e) if !e.is_outage() => {
+                // This event's keys are refused (damaged?): the others go on; its reserve stays
+                // untouched until these are in (see maintain).
+                if let Some(held_back) = s.error_log.allow() {
+                    tracing::warn!(event = %event, error = %e, left = group.len() - done, held_back, "journal: sales of the previous run cannot be settled for this event; its reserve waits for them");
+                }
+            }
+            r => result = r,
+        }
     }
     if written > 0 {
         tracing::info!(

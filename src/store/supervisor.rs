@@ -21,6 +21,12 @@ use crate::store::settle::{settle, settle_all};
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
+/// How long after everything in a journal segment was settled the segment is kept. Redis
+/// acknowledges a write before its AOF is synced (`appendfsync everysec`), so a crash of its
+/// machine can lose about the last second of settlements; until then the journal still holds
+/// them, and a restart on it settles them again (settling is idempotent).
+const FORGET_AFTER: Duration = Duration::from_secs(10);
+
 struct Scripts {
     claim: LuaScript,
     settle: LuaScript,
@@ -47,6 +53,8 @@ pub async fn run(s: Arc<Shared>) {
     let mut watch = LeaseWatch::new(s.options.lease, gap);
     let mut backoff = Duration::from_millis(50);
     let errors = Throttle::new(Duration::from_secs(10));
+    // Journal marks whose segments were all settled, and since when.
+    let mut settled: std::collections::VecDeque<(u64, Instant)> = Default::default();
     loop {
         if s.stopping.load(Ordering::Acquire) {
             return;
@@ -104,12 +112,25 @@ pub async fn run(s: Arc<Shared>) {
             } else {
                 None
             };
+            watch.prune(Instant::now());
             match maintain_all(&s, &scripts, &mut watch, &errors).await {
                 Ok(()) => {
                     if let Some(mark) = mark {
-                        if !s.owes() && s.redis.pending_cancels() == 0 {
-                            s.journal.forget(mark);
+                        let newer = settled.back().is_none_or(|&(m, _)| m < mark);
+                        if newer && !s.owes() && s.redis.pending_cancels() == 0 {
+                            settled.push_back((mark, Instant::now()));
                         }
+                    }
+                    let mut through = None;
+                    while let Some(&(mark, since)) = settled.front() {
+                        if since.elapsed() < FORGET_AFTER {
+                            break;
+                        }
+                        through = Some(mark);
+                        settled.pop_front();
+                    }
+                    if let Some(mark) = through {
+                        s.journal.forget(mark);
                     }
                 }
                 Err(e) => {
@@ -164,11 +185,13 @@ async fn maintain_all(
 /// Settles, renews, tops up or hands back the reserve of one event.
 async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(), StoreError> {
     let size = s.options.reserve;
-    if size == 0 {
-        return Ok(());
-    }
     let er = s.event_reserve(event);
     settle(s, &scripts.settle, &er).await?;
+    if s.recovered.lock().iter().any(|r| r.event == event.id) {
+        // Sales an earlier run made from this reserve are not in the ledger yet: the list still
+        // holds them, so it is not claimed, rotated or handed back until they are.
+        return Ok(());
+    }
     let current = er.current.read().clone();
     let believed = current.held_in_redis() + er.unsettled.lock().len() as u64;
     let sent = s.now_ms();
@@ -201,18 +224,20 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         tracing::info!(event = %event.id, tickets = int(4), "this instance's held-back reserve is back in its hands (its sales were settled first)");
     }
     let pool = int(2) as u64;
-    let listed = (reply.len() > 5).then(|| {
-        reply[5..]
+    let listed = (int(5) == 1).then(|| {
+        reply[6..]
             .iter()
             .filter_map(|v| v.as_bytes().and_then(|b| event.parse_ticket_id(b)))
             .collect::<Vec<u64>>()
     });
     let holding = listed.as_ref().map_or(believed, |l| l.len() as u64);
-    if pool < 2 * size && holding > 0 {
-        return release(s, scripts, &er).await;
-    }
     if let Some(listed) = listed {
         rotate(&er, listed);
+    }
+    // Hand the reserve back when the pool runs low, and at once when this instance keeps none
+    // (--fallback-reserve 0 after a run with reserves).
+    if (pool < 2 * size || size == 0) && holding > 0 {
+        return release(s, scripts, &er).await;
     }
     Ok(())
 }
@@ -245,13 +270,23 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         er.event.keys.reserved.clone(),
         er.event.keys.held.clone(),
     ];
+    // Exactly the unsold rest of the reserve we settled; a list of another length is not ours
+    // to hand back (release.lua leaves it, and the next claim shows it to us).
+    let expected = er.current.read().held_in_redis();
     let returned: i64 = s
         .call(
             &scripts.release,
             keys,
-            vec![Value::from(s.redis.instance())],
+            vec![
+                Value::from(s.redis.instance()),
+                Value::Integer(expected as i64),
+            ],
         )
         .await?;
+    if returned == -2 {
+        tracing::warn!(event = %er.event.id, expected, "the reserve in Redis is not the one this instance settled; not handed back (the next heartbeat reads it)");
+        return Ok(());
+    }
     *er.current.write() = Arc::new(Reserve::empty());
     er.swapped.notify_waiters();
     if returned > 0 {

@@ -116,9 +116,16 @@ pub fn open(path: &Path) -> Result<Opened, JournalError> {
         .collect();
     segments.sort_unstable();
     let mut records = Vec::new();
+    let mut kept = Vec::with_capacity(segments.len());
     for (i, &n) in segments.iter().enumerate() {
         let file = path.join(segment_name(n));
         let buf = std::fs::read(&file).map_err(io(&file, "read"))?;
+        if buf.is_empty() {
+            // A run that journaled nothing: nothing to keep.
+            std::fs::remove_file(&file).map_err(io(&file, "remove"))?;
+            continue;
+        }
+        kept.push(n);
         let (mut got, end) = decode_segment(&buf);
         records.append(&mut got);
         match end {
@@ -140,13 +147,14 @@ pub fn open(path: &Path) -> Result<Opened, JournalError> {
             }
         }
     }
+    sync_dir(path)?;
     Ok(Opened {
         path: path.to_owned(),
         lock,
         instance,
         generation,
         records,
-        first_segment: segments.first().copied().unwrap_or(0),
+        first_segment: kept.first().copied().unwrap_or(0),
         last_segment: segments.last().copied().unwrap_or(0),
     })
 }

@@ -33,8 +33,9 @@ pub enum Record {
         /// When it was sold, unix ms.
         at_ms: u64,
     },
-    /// A purchase batch that sold to nobody and was still to be made void at shutdown
-    /// (`tickets` empty), or tickets of a batch whose buyers left, still to be given back.
+    /// A purchase batch of unknown outcome, to be made void (`tickets` empty), or tickets of a
+    /// batch whose buyers left, to be given back: journaled as it is queued, so a crash or a
+    /// shutdown does not forget it.
     Cancel {
         /// Event id.
         event: Box<str>,
