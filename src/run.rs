@@ -203,6 +203,7 @@ async fn serve_memory(
 /// Seeds the events of `--events` that Redis lacks and loads the catalogue. Failures are
 /// logged; the refresh task tries again.
 async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
+    check_durability(pool).await;
     // Load the purchase script before the first buyer, so a cold start does not answer a burst
     // of NOSCRIPT (each recovered, but counted as reloads).
     let purchase = crate::store::scripts::LuaScript::new(crate::store::scripts::PURCHASE);
@@ -234,6 +235,33 @@ async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the event catalogue; will retry");
             false
+        }
+    }
+}
+
+/// Warns when Redis may lose a write it acknowledged: a sale lost that way puts its ticket back
+/// in the pool, to be sold again. Only `appendonly yes` with `appendfsync always` survives a
+/// crash of Redis; with `everysec`, a busy disk makes Redis answer before it writes its AOF, so
+/// even a killed process loses up to two seconds (found by the fault-injection harness).
+/// `CONFIG` may be renamed away on a managed Redis: then nothing is said.
+async fn check_durability(pool: &Pool) {
+    let client = pool.next();
+    let get = |name: &'static str| async move {
+        let reply: Result<Vec<String>, _> = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.custom(fred::cmd!("CONFIG"), vec!["GET", name]),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(Vec::new()));
+        reply.ok().and_then(|kv| kv.get(1).cloned())
+    };
+    if let (Some(aof), Some(fsync)) = (get("appendonly").await, get("appendfsync").await) {
+        if aof != "yes" || fsync != "always" {
+            tracing::warn!(
+                appendonly = %aof,
+                appendfsync = %fsync,
+                "REDIS MAY LOSE ACKNOWLEDGED SALES: a crash of this Redis can forget sales it already answered, and their tickets would be sold again; run it with --appendonly yes --appendfsync always"
+            );
         }
     }
 }

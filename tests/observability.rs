@@ -7,6 +7,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fred::interfaces::ClientLike;
 use hyper::{Method, StatusCode};
 use support::http::request;
 use support::redis::free_port;
@@ -289,4 +290,25 @@ async fn one_warning_per_outage_not_per_request() {
         .await
         .json();
     assert_eq!(m["fallback"]["activations"], 1);
+}
+
+/// A Redis that may lose what it acknowledged (AOF synced once a second) is named at start-up:
+/// its crash would sell the lost sales' tickets again.
+#[tokio::test]
+async fn a_redis_that_may_lose_acknowledged_sales_is_warned_about() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    let durable = TicketdProcess::on_redis(&redis, "d=10", &[]).await;
+    durable.wait_for_log("ticketd is listening").await;
+    let _: () = r
+        .custom(fred::cmd!("CONFIG"), vec!["SET", "appendfsync", "everysec"])
+        .await
+        .unwrap();
+    let t = TicketdProcess::on_redis(&redis, "d=10", &[]).await;
+    let log = t.wait_for_log("REDIS MAY LOSE ACKNOWLEDGED SALES").await;
+    assert!(log.contains("everysec"), "{log}");
+    assert!(
+        !durable.log_text().contains("MAY LOSE"),
+        "not said of a durable Redis"
+    );
 }

@@ -1,5 +1,5 @@
 //! A private `redis-server` on a free 127.0.0.1 port (never 6379) with its own directory and
-//! AOF (`appendfsync everysec`), which the nemesis SIGKILLs and restarts on the same port and
+//! AOF (`appendfsync always`: what ticketd needs of Redis, design.md), which the nemesis SIGKILLs and restarts on the same port and
 //! directory (the AOF brings the data back), or SIGSTOPs and SIGCONTs.
 
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ impl RedisServer {
                 .arg("--logfile")
                 .arg(&log)
                 .args(["--save", "", "--appendonly", "yes"])
-                .args(["--appendfsync", "everysec", "--protected-mode", "no"])
+                .args(["--appendfsync", "always", "--protected-mode", "no"])
                 .args(["--maxclients", "10000"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

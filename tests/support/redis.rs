@@ -15,12 +15,14 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now (never 6379). Below the kernel's ephemeral range (32768
+/// and up on Linux): servers restarted on the same port (Redis, ticketd) must not find it taken
+/// meanwhile as the source port of some outgoing connection.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    (0..1000)
+        .map(|_| rand::random_range(20_000..32_000u16))
+        .find(|&p| p != 6379 && TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 20000..32000")
 }
 
 impl RedisServer {
@@ -68,7 +70,9 @@ impl RedisServer {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                // A sale Redis acknowledged must survive a SIGKILL: with everysec, a busy disk
+                // makes Redis answer before it writes its AOF (design.md, appendfsync).
+                "always",
             ])
             .args(["--protected-mode", "no", "--maxclients", "10000"])
             .stdout(Stdio::null())
