@@ -15,20 +15,6 @@ use chaos::{Binary, Options};
 /// Seeds 1, 22 and 27 cover every fault kind; seed 2 kills an instance during an outage again.
 const SEEDS: [u64; 4] = [1, 2, 22, 27];
 
-/// Every kind of fault the set must contain.
-const COVERED: [&str; 10] = [
-    "redis-kill<lease",
-    "redis-kill>lease",
-    "redis-pause<lease",
-    "redis-pause>lease",
-    "instance-kill",
-    "instance-pause<lease",
-    "instance-pause>lease",
-    "scrape-flood",
-    "outage-then-pause",
-    "kill-during-outage",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ci_schedules_keep_every_invariant() {
     let binary = Binary::probe(Path::new(env!("CARGO_BIN_EXE_ticketd"))).expect("ticketd runs");
@@ -37,7 +23,7 @@ async fn the_ci_schedules_keep_every_invariant() {
         .iter()
         .flat_map(|&seed| options.schedule(seed).labels())
         .collect();
-    for want in COVERED {
+    for want in chaos::schedule::FAULT_KINDS {
         assert!(
             labels.contains(want),
             "the CI seeds no longer cover {want} (schedule generation changed?): pick new ones \

@@ -43,33 +43,30 @@ async fn an_operator_lists_and_releases_a_held_back_reserve() {
     assert!(line.contains("100") && line.contains("HELD BACK"), "{line}");
     assert!(out.contains("100 tickets held back"), "{out}");
 
+    let release = |yes: bool| {
+        let mut args = vec![
+            "reserves",
+            "release",
+            "--redis-url",
+            &url,
+            "--event",
+            "h",
+            "--instance",
+            &instance,
+        ];
+        if yes {
+            args.push("--yes");
+        }
+        run_binary(&args)
+    };
     // Without --yes: the warning, and nothing done.
-    let refused = run_binary(&[
-        "reserves",
-        "release",
-        "--redis-url",
-        &url,
-        "--event",
-        "h",
-        "--instance",
-        &instance,
-    ]);
+    let refused = release(false);
     assert_eq!(refused.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("WARNING"));
     let r = redis.client().await;
     assert_eq!(ledger::read(&r, "h").await.held_back(), 100);
 
-    let released = run_binary(&[
-        "reserves",
-        "release",
-        "--redis-url",
-        &url,
-        "--event",
-        "h",
-        "--instance",
-        &instance,
-        "--yes",
-    ]);
+    let released = release(true);
     assert!(
         released.status.success(),
         "{}",
@@ -77,17 +74,7 @@ async fn an_operator_lists_and_releases_a_held_back_reserve() {
     );
     assert!(String::from_utf8_lossy(&released.stdout).contains("100 tickets"));
     // Releasing again finds nothing held back.
-    let again = run_binary(&[
-        "reserves",
-        "release",
-        "--redis-url",
-        &url,
-        "--event",
-        "h",
-        "--instance",
-        &instance,
-        "--yes",
-    ]);
+    let again = release(true);
     assert_eq!(again.status.code(), Some(1));
 
     // Every ticket is for sale again, and sells once.

@@ -14,6 +14,21 @@ use rand_chacha::ChaCha8Rng;
 const FIRST_FAULT: Duration = Duration::from_secs(1);
 /// Faults are placed until this offset; the last one may end a few seconds later.
 pub const LENGTH: Duration = Duration::from_secs(12);
+
+/// The label of every kind of fault a schedule can hold.
+pub const FAULT_KINDS: [&str; 10] = [
+    "redis-kill<lease",
+    "redis-kill>lease",
+    "redis-pause<lease",
+    "redis-pause>lease",
+    "instance-kill",
+    "instance-pause<lease",
+    "instance-pause>lease",
+    "scrape-flood",
+    "outage-then-pause",
+    "kill-during-outage",
+];
+
 /// Connections of a scrape flood.
 const FLOOD_CONNECTIONS: usize = 64;
 
@@ -360,18 +375,7 @@ mod tests {
         let labels: std::collections::BTreeSet<String> = (0..200)
             .flat_map(|seed| Schedule::generate(seed, 3, LEASE).labels())
             .collect();
-        for want in [
-            "redis-kill<lease",
-            "redis-kill>lease",
-            "redis-pause<lease",
-            "redis-pause>lease",
-            "instance-kill",
-            "instance-pause<lease",
-            "instance-pause>lease",
-            "scrape-flood",
-            "outage-then-pause",
-            "kill-during-outage",
-        ] {
+        for want in FAULT_KINDS {
             assert!(labels.contains(want), "{want} never generated");
         }
     }
