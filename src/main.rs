@@ -29,6 +29,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode {
+    // Before anything else: a SIGINT or SIGTERM from now on stops the service gracefully.
+    let signals = match runtime.block_on(async { ticketd::shutdown::Signals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ticketd: cannot install the signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _log = ticketd::telemetry::init(args.common.log_format);
     // Each buyer holds a socket: lift the soft descriptor limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -46,7 +54,7 @@ fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode
             return ExitCode::from(config::EXIT_CONFIG);
         }
     };
-    match runtime.block_on(ticketd::run(args, listener, ticketd::shutdown::signal())) {
+    match runtime.block_on(ticketd::run(args, listener, signals.recv())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ticketd::run::RunError::Journal(_)) => {
             eprintln!("ticketd: {e}");

@@ -1,5 +1,6 @@
 //! Purchase statistics in the log: every `--stats-interval` one INFO line with tickets sold and
-//! the sell rate since the last line, remaining per event, errors, and the store mode.
+//! the sell rate since the last line, remaining per event, errors, and the store mode; nothing
+//! while none of it changed.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ pub async fn run<S: Store>(app: App<S>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last = (Instant::now(), total_sold(&app));
+    // What the previous line said: an idle service does not repeat it every interval.
+    let mut said = String::new();
     loop {
         tick.tick().await;
         let events = app.catalog().events();
@@ -48,6 +51,11 @@ pub async fn run<S: Store>(app: App<S>, every: Duration) {
             (name, _) => name,
         };
         let fallback_sold = m.store_purchases(StorePath::Fallback, Outcome::Sold);
+        let now = format!("{sold} {per_event} {unavailable} {errors} {fallback_sold} {mode}");
+        if now == said {
+            continue;
+        }
+        said = now;
         tracing::info!(
             sold,
             rate_per_s = (rate * 10.0).round() / 10.0,

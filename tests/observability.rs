@@ -13,22 +13,9 @@ use support::http::request;
 use support::redis::free_port;
 use support::{Conn, RedisServer, Ticketd, TicketdProcess};
 
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        found,
-        "{tool} is required for this test (Debian package prometheus; .ci/run installs it)"
-    );
-}
-
 #[tokio::test]
 async fn promtool_accepts_a_live_scrape() {
-    need("promtool");
+    support::require("promtool");
     let t = Ticketd::start(&["--store", "memory", "--events", "1=5,vip=2"]).await;
     let mut c = Conn::open(t.addr).await.unwrap();
     for _ in 0..7 {
@@ -88,7 +75,7 @@ async fn promtool_accepts_a_live_scrape() {
 /// sold count.
 #[tokio::test]
 async fn prometheus_scrapes_and_answers_queries() {
-    need("prometheus");
+    support::require("prometheus");
     let t = Ticketd::start(&["--store", "memory", "--events", "1=100"]).await;
     let mut c = Conn::open(t.addr).await.unwrap();
     for _ in 0..42 {
@@ -203,6 +190,22 @@ async fn statistics_line_and_json_logs() {
         .unwrap_or("")
         .contains("IN-MEMORY MODE")
         && l["level"] == "WARN"));
+    // Idle from now on: no line repeats what the last one said. Five intervals, then count.
+    let lines = |t: &TicketdProcess| {
+        json_lines(&t.log_text())
+            .iter()
+            .filter(|l| l["message"] == "purchase statistics")
+            .count()
+    };
+    let before = lines(&t);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(lines(&t), before, "an idle service logs no statistics");
+    c.buy("2").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines(&t) == before {
+        assert!(Instant::now() < deadline, "a sale is reported again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,40 @@ async fn sigterm_drains_and_exits_zero() {
     );
 }
 
+/// The README's run command, as a new user types it: no Redis configured, so memory mode,
+/// said so; it sells, and Ctrl-C stops it with exit code 0.
+#[tokio::test]
+async fn the_readme_run_command_serves_from_memory_and_stops_on_sigint() {
+    let mut t = support::TicketdProcess::spawn(&["--events", "1=10000,2=5000"], &[]).await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let a = c.buy("1").await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["ticket"], "1-000001");
+    t.wait_for_log("IN-MEMORY MODE").await;
+    t.signal("INT");
+    assert_eq!(t.wait(), Some(0), "Ctrl-C exits 0:\n{}", t.log_text());
+    assert!(t.log_text().contains("SIGINT received"));
+}
+
+/// A SIGINT sent the moment the port accepts connections, before the service serves (here it
+/// still builds a catalogue of 10,000 events), stops it gracefully too: the handlers are
+/// installed before the port is bound.
+#[tokio::test]
+async fn a_sigint_right_after_start_up_is_not_lost() {
+    let events: Vec<String> = (0..10_000).map(|i| format!("e{i}=1")).collect();
+    let events = events.join(",");
+    for _ in 0..5 {
+        let mut t = support::TicketdProcess::launch(&[], &[("TICKETD_EVENTS", &events)]);
+        let deadline = std::time::Instant::now() + support::WAIT;
+        while std::net::TcpStream::connect(t.addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "never bound");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        t.signal("INT");
+        assert_eq!(t.wait(), Some(0), "{}", t.log_text());
+    }
+}
+
 #[tokio::test]
 async fn script_flush_between_purchases_fails_nothing() {
     let redis = RedisServer::start();

@@ -15,6 +15,26 @@ pub use self::http::{Answer, Conn};
 pub use self::redis::RedisServer;
 pub use self::ticketd::{Ticketd, TicketdProcess};
 
+/// The programs the suite starts. A test that needs one and misses it names every one that is
+/// missing, at once, and the command that installs them.
+pub const PROGRAMS: [&str; 3] = ["redis-server", "prometheus", "promtool"];
+
+/// Panics, naming every missing program of [`PROGRAMS`], when `program` is not on `PATH`.
+pub fn require(program: &str) {
+    let on_path = |p: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))
+    };
+    if !on_path(program) {
+        let missing: Vec<&str> = PROGRAMS.into_iter().filter(|p| !on_path(p)).collect();
+        panic!(
+            "the test suite needs {}, missing from PATH: run scripts/test, which installs them \
+             (Debian and Ubuntu: apt-get install redis-server prometheus)",
+            missing.join(", ")
+        );
+    }
+}
+
 /// Bounds every wait in the harness, so a broken test fails instead of hanging.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 

@@ -60,6 +60,7 @@ impl RedisServer {
     /// Starts the server (again) on the same port and directory, and waits until it answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
+        super::require("redis-server");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -78,7 +79,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
+            .expect("redis-server starts");
         self.child = Some(child);
         let deadline = Instant::now() + super::WAIT;
         while !self.pings() {
