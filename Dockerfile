@@ -20,15 +20,19 @@ WORKDIR /build
 #    the manifests name (a [[bench]] whose file is missing is an error even in a release build).
 COPY Cargo.toml Cargo.lock ./
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
-RUN mkdir -p src benches loadtest/src \
+COPY chaos/Cargo.toml chaos/Cargo.toml
+RUN mkdir -p src benches loadtest/src chaos/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && echo 'fn main() {}' > benches/hot_path.rs \
+ && echo 'fn main() {}' > benches/journal.rs \
  && echo 'fn main() {}' > benches/metrics.rs \
  && echo 'fn main() {}' > benches/redis.rs \
  && echo 'fn main() {}' > loadtest/src/main.rs \
+ && echo 'fn main() {}' > chaos/src/main.rs \
+ && : > chaos/src/lib.rs \
  && cargo build --locked --release --workspace --bin ticketd --bin loadtest \
- && rm -rf src benches loadtest/src
+ && rm -rf src benches loadtest/src chaos/src
 
 # 2. The real sources. COPY keeps the files' own (older) modification times, which would let
 #    cargo take the stand-ins' artefacts for up to date: touch them, then build.
@@ -36,7 +40,9 @@ COPY src src
 COPY lua lua
 COPY benches benches
 COPY loadtest/src loadtest/src
-RUN find src lua benches loadtest/src -type f -exec touch {} + \
+# The fault-injection harness is a workspace member: its sources must be there, it is not built.
+COPY chaos/src chaos/src
+RUN find src lua benches loadtest/src chaos/src -type f -exec touch {} + \
  && cargo build --locked --release --workspace --bin ticketd --bin loadtest \
  && install -D -m 0755 target/release/ticketd /out/ticketd \
  && install -D -m 0755 target/release/loadtest /out/loadtest
