@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// queueing under overload is never mistaken for a failing Redis.
     #[arg(long, env = "TICKETD_REDIS_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub redis_max_in_flight: u32,
+    /// Replicas that must hold a purchase before its buyer hears of it (`WAIT` after every
+    /// round of script calls): a primary that dies after answering then cannot take the sale
+    /// with it. Unset: 1 on a Redis Cluster, 0 on a single Redis (which has no failover).
+    #[arg(long, env = "TICKETD_REDIS_REPLICA_ACKS", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_replica_acks: Option<u32>,
     /// How long a purchase may wait for a Redis slot before it is shed with 503.
     #[arg(long, env = "TICKETD_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
@@ -269,11 +274,23 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {
-    if s.starts_with("redis://") || s.starts_with("rediss://") {
+    if s.starts_with("rediss://") || s.starts_with("rediss-cluster://") {
+        return Err(format!(
+            "'{s}': TLS to Redis is not built into ticketd; reach Redis over a private network, or through a local TLS tunnel (stunnel, a service mesh sidecar) with a redis:// URL"
+        ));
+    }
+    if s.starts_with("redis://") || s.starts_with("redis-cluster://") {
         Ok(s.to_owned())
     } else {
-        Err(format!("'{s}' is not a redis:// URL"))
+        Err(format!(
+            "'{s}' is not a redis:// (one server) or redis-cluster:// (a cluster) URL"
+        ))
     }
+}
+
+/// Whether `url` names a Redis Cluster (`redis-cluster://host:port?node=host:port&...`).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://")
 }
 
 /// Parses the command line, or ends the process: `--help`/`--version` print and exit 0, a bad
@@ -373,6 +390,13 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["ticketd", "--events", "1=x"]).is_err());
         assert!(Cli::try_parse_from(["ticketd", "--redis-url", "http://x"]).is_err());
+        for tls in ["rediss://h:6379", "rediss-cluster://h:6379"] {
+            let e = Cli::try_parse_from(["ticketd", "--redis-url", tls]).unwrap_err();
+            assert!(e.to_string().contains("TLS"), "{e}");
+        }
+        let url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001";
+        let cli = Cli::try_parse_from(["ticketd", "--redis-url", url]).unwrap();
+        assert!(is_cluster_url(cli.serve.common.redis_url()));
         assert!(Cli::try_parse_from(["ticketd", "--redis-pool-size", "0"]).is_err());
         assert!(
             Cli::try_parse_from(["ticketd", "seed"]).is_err(),

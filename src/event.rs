@@ -129,6 +129,8 @@ pub struct Event {
     digits: usize,
     /// The Redis keys, prepared once.
     pub keys: EventKeys,
+    /// The Redis Cluster hash slot of every key of the event (they share the `{id}` tag).
+    pub slot: u16,
     /// This event's counters.
     pub metrics: EventMetrics,
     /// Cancellations of this event queued on this instance and not done yet: tickets that may
@@ -149,6 +151,7 @@ impl Event {
             index,
             digits: ticket_digits(capacity),
             keys: EventKeys::new(id),
+            slot: fred::util::redis_keyslot(format!("{{{id}}}").as_bytes()),
             metrics: EventMetrics::with_remaining(capacity),
             limbo: std::sync::atomic::AtomicU64::new(0),
         }

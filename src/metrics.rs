@@ -75,7 +75,12 @@ pub mod names {
     pub const FALLBACK_MODE: Family = (
         "ticketd_fallback_mode",
         "gauge",
-        "1 while purchases are served by the in-memory fallback, else 0.",
+        "Redis shards whose purchases are served by the in-memory fallback now: 0 or 1 for a single Redis, up to the number of primaries of a cluster.",
+    );
+    pub const SHARD_FALLBACK_MODE: Family = (
+        "ticketd_shard_fallback_mode",
+        "gauge",
+        "1 while the purchases of this Redis Cluster shard (by its slot ranges) are served by the in-memory fallback, else 0.",
     );
     pub const REDIS_ERRORS: Family = (
         "ticketd_redis_errors_total",
@@ -381,6 +386,8 @@ pub struct Metrics {
     connections: AtomicU64,
     fallback_activations: AtomicU64,
     fallback_mode: AtomicU64,
+    /// Per cluster shard (label): whether it is in fallback mode.
+    shard_modes: parking_lot::Mutex<Vec<(Box<str>, bool)>>,
     redis_errors: [AtomicU64; 5],
     script_reloads: AtomicU64,
     batches: CachePadded<AtomicU64>,
@@ -412,6 +419,7 @@ impl Metrics {
             connections: AtomicU64::new(0),
             fallback_activations: AtomicU64::new(0),
             fallback_mode: AtomicU64::new(0),
+            shard_modes: Default::default(),
             redis_errors: Default::default(),
             script_reloads: AtomicU64::new(0),
             batches: Default::default(),
@@ -493,22 +501,40 @@ impl Metrics {
     }
 
     /// Counts a switch into fallback mode and sets the mode gauge.
-    pub fn fallback_entered(&self) {
+    pub fn fallback_entered(&self, shard: &str) {
         self.fallback_activations.fetch_add(1, Relaxed);
-        self.fallback_mode.store(1, Relaxed);
+        self.fallback_mode.fetch_add(1, Relaxed);
+        self.set_shard_mode(shard, true);
     }
 
-    /// Clears the mode gauge.
-    pub fn fallback_left(&self) {
-        self.fallback_mode.store(0, Relaxed);
+    /// Counts a store (shard) leaving fallback mode.
+    pub fn fallback_left(&self, shard: &str) {
+        self.fallback_mode.fetch_sub(1, Relaxed);
+        self.set_shard_mode(shard, false);
     }
 
-    /// Fallback activations and whether the fallback is active now.
-    pub fn fallback(&self) -> (u64, bool) {
+    fn set_shard_mode(&self, shard: &str, on: bool) {
+        if shard.is_empty() {
+            return; // a single Redis: the instance-wide gauge says it all
+        }
+        let mut modes = self.shard_modes.lock();
+        match modes.iter_mut().find(|(s, _)| &**s == shard) {
+            Some(mode) => mode.1 = on,
+            None => modes.push((shard.into(), on)),
+        }
+    }
+
+    /// Fallback activations and how many stores (shards) are in fallback mode now.
+    pub fn fallback(&self) -> (u64, u64) {
         (
             self.fallback_activations.load(Relaxed),
-            self.fallback_mode.load(Relaxed) == 1,
+            self.fallback_mode.load(Relaxed),
         )
+    }
+
+    /// Each cluster shard that has been in fallback mode, and whether it is now.
+    pub fn shard_modes(&self) -> Vec<(Box<str>, bool)> {
+        self.shard_modes.lock().clone()
     }
 
     /// Counts a failed Redis call.

@@ -204,7 +204,19 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     header(out, names::FALLBACK_ACTIVATIONS);
     sample(out, names::FALLBACK_ACTIVATIONS.0, &[], activations);
     header(out, names::FALLBACK_MODE);
-    sample(out, names::FALLBACK_MODE.0, &[], u64::from(active));
+    sample(out, names::FALLBACK_MODE.0, &[], active);
+    let shards = m.shard_modes();
+    if !shards.is_empty() {
+        header(out, names::SHARD_FALLBACK_MODE);
+        for (shard, on) in &shards {
+            sample(
+                out,
+                names::SHARD_FALLBACK_MODE.0,
+                &[("shard", shard)],
+                u64::from(*on),
+            );
+        }
+    }
     header(out, names::REDIS_ERRORS);
     for k in RedisErrorKind::ALL {
         sample(
@@ -335,7 +347,7 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     let (settled, conflicts, held_back) = m.settlement();
     let (cancel_failed, journal_failed) = m.failures();
     out.extend_from_slice(br#"},"fallback":{"active":"#);
-    out.extend_from_slice(if active { b"true" } else { b"false" });
+    out.extend_from_slice(if active > 0 { b"true" } else { b"false" });
     out.extend_from_slice(br#","activations":"#);
     num(out, activations);
     out.extend_from_slice(br#","settled":"#);

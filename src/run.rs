@@ -11,14 +11,15 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, Limits};
 use crate::catalog::Catalog;
-use crate::config::{ServeArgs, StoreKind};
+use crate::config::{is_cluster_url, ServeArgs, StoreKind};
 use crate::metrics::Metrics;
 use crate::seed::{load_catalog, seed_event};
 use crate::server::{serve, ServeOptions};
+use crate::store::cluster::{ClusterOptions, ClusterStore};
 use crate::store::fallback::FallbackOptions;
 use crate::store::ids::Ids;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{build_pool, RedisOptions, RedisStore};
+use crate::store::redis::{build_pool, check_durability, RedisOptions, RedisStore};
 use crate::store::resilient::ResilientStore;
 use crate::store::Store;
 
@@ -55,7 +56,7 @@ pub async fn run(
         max_body: args.max_body,
         scrape_timeout: args.redis_timeout.max(Duration::from_millis(100)) * 2,
     };
-    let options = ServeOptions {
+    let options_serve = ServeOptions {
         header_read_timeout: args.header_timeout,
         drain_timeout: args.shutdown_timeout,
         ..ServeOptions::default()
@@ -75,7 +76,14 @@ pub async fn run(
             "no Redis configured (--redis-url or REDIS_URL)"
         };
         return serve_memory(
-            args, listener, catalog, metrics, limits, options, shutdown, why,
+            args,
+            listener,
+            catalog,
+            metrics,
+            limits,
+            options_serve,
+            shutdown,
+            why,
         )
         .await;
     };
@@ -96,6 +104,7 @@ pub async fn run(
         timeout: args.redis_timeout,
         max_in_flight: args.redis_max_in_flight as usize,
         queue_timeout: args.queue_timeout,
+        replica_acks: args.redis_replica_acks.unwrap_or(0),
     };
     let pool = build_pool(&redis)?;
     pool.connect_pool();
@@ -128,23 +137,82 @@ pub async fn run(
         lease: args.reserve_lease,
     };
     let ids = Ids::new(&opened.instance, opened.generation);
-    let store = ResilientStore::new(
-        RedisStore::new(pool.clone(), &redis, metrics.clone(), ids),
-        catalog.clone(),
-        fallback,
-        journal,
-        opened.records,
-        !connected,
-    );
-    tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
-    let app = App::new(store, catalog, metrics, limits);
-    let stats = tokio::spawn(crate::stats::run(app.clone(), args.stats_interval));
-    serve(listener, app.clone(), options, shutdown).await?;
-    stats.abort();
-    app.store().shutdown(args.shutdown_timeout).await;
+    let bound = args.shutdown_timeout;
+    let stats_every = args.stats_interval;
+    if is_cluster_url(&redis.url) {
+        let seeds = cluster_seeds(&redis.url);
+        let redis = RedisOptions {
+            // A failover must not lose an acknowledged sale: one replica holds it first.
+            replica_acks: args.redis_replica_acks.unwrap_or(1),
+            ..redis
+        };
+        let replica_acks = redis.replica_acks;
+        let options = ClusterOptions {
+            redis,
+            seeds,
+            fallback,
+        };
+        let store = ClusterStore::start(
+            options,
+            catalog.clone(),
+            metrics.clone(),
+            ids,
+            journal,
+            opened.records,
+            args.connect_timeout,
+        )
+        .await;
+        let shards: Vec<String> = store
+            .shards()
+            .into_iter()
+            .map(|(label, primary)| format!("{label}@{primary}"))
+            .collect();
+        tracing::info!(%addr, store = "redis-cluster", ?shards, replica_acks, pool = args.redis_pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
+        let app = App::new(store, catalog, metrics, limits);
+        serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
+    } else {
+        let store = ResilientStore::new(
+            RedisStore::new(pool.clone(), &redis, metrics.clone(), ids),
+            catalog.clone(),
+            fallback,
+            journal,
+            opened.records,
+            !connected,
+        );
+        tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
+        let app = App::new(store, catalog, metrics, limits);
+        serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
     drop(opened.lock); // held until the very end: no second process on this journal meanwhile
     Ok(())
+}
+
+/// Serves `app` until `shutdown`, then lets its store hand back and settle within `bound`.
+async fn serve_until_shutdown<S: Store>(
+    app: App<S>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+    stats_every: Duration,
+    bound: Duration,
+) -> Result<(), RunError> {
+    let stats = tokio::spawn(crate::stats::run(app.clone(), stats_every));
+    serve(listener, app.clone(), options, shutdown).await?;
+    stats.abort();
+    app.store().shutdown(bound).await;
+    Ok(())
+}
+
+/// The nodes a `redis-cluster://` URL names, as `host:port`.
+fn cluster_seeds(url: &str) -> Vec<String> {
+    match fred::prelude::Config::from_url(url).map(|c| c.server) {
+        Ok(fred::types::config::ServerConfig::Clustered { hosts, .. }) => hosts
+            .into_iter()
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Why `url` cannot be reached: refused, or no answer within `bound` (an address that drops
@@ -203,7 +271,10 @@ async fn serve_memory(
 /// Seeds the events of `--events` that Redis lacks and loads the catalogue. Failures are
 /// logged; the refresh task tries again.
 async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
-    check_durability(pool).await;
+    if !pool.next().is_clustered() {
+        // A cluster's primaries are checked one by one as their shards start.
+        check_durability(pool.next(), "").await;
+    }
     // Load the purchase script before the first buyer, so a cold start does not answer a burst
     // of NOSCRIPT (each recovered, but counted as reloads).
     let purchase = crate::store::scripts::LuaScript::new(crate::store::scripts::PURCHASE);
@@ -235,33 +306,6 @@ async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the event catalogue; will retry");
             false
-        }
-    }
-}
-
-/// Warns when Redis may lose a write it acknowledged: a sale lost that way puts its ticket back
-/// in the pool, to be sold again. Only `appendonly yes` with `appendfsync always` survives a
-/// crash of Redis; with `everysec`, a busy disk makes Redis answer before it writes its AOF, so
-/// even a killed process loses up to two seconds (found by the fault-injection harness).
-/// `CONFIG` may be renamed away on a managed Redis: then nothing is said.
-async fn check_durability(pool: &Pool) {
-    let client = pool.next();
-    let get = |name: &'static str| async move {
-        let reply: Result<Vec<String>, _> = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.custom(fred::cmd!("CONFIG"), vec!["GET", name]),
-        )
-        .await
-        .unwrap_or_else(|_| Ok(Vec::new()));
-        reply.ok().and_then(|kv| kv.get(1).cloned())
-    };
-    if let (Some(aof), Some(fsync)) = (get("appendonly").await, get("appendfsync").await) {
-        if aof != "yes" || fsync != "always" {
-            tracing::warn!(
-                appendonly = %aof,
-                appendfsync = %fsync,
-                "REDIS MAY LOSE ACKNOWLEDGED SALES: a crash of this Redis can forget sales it already answered, and their tickets would be sold again; run it with --appendonly yes --appendfsync always"
-            );
         }
     }
 }

@@ -47,7 +47,8 @@ pub async fn run<S: Store>(app: App<S>, every: Duration) {
         }
         let (_, fallback) = m.fallback();
         let mode = match (app.store().name(), fallback) {
-            ("redis", true) => "fallback",
+            ("redis", 1..) => "fallback",
+            ("redis-cluster", 1..) => "fallback on some shards",
             (name, _) => name,
         };
         let fallback_sold = m.store_purchases(StorePath::Fallback, Outcome::Sold);

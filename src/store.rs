@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cancel;
+pub mod cluster;
 pub mod cursor;
 pub mod fallback;
 pub mod ids;
@@ -18,6 +19,7 @@ pub mod resilient;
 pub mod scripts;
 pub mod settle;
 pub mod supervisor;
+pub mod topology;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +48,15 @@ pub enum StoreError {
     /// No answer within the bound; the outcome is unknown until reconciled.
     #[error("no answer from Redis within {0:?}")]
     Timeout(Duration),
+    /// Fewer replicas than required acknowledged the writes in time: a failover could lose
+    /// them, so they do not count (the batch is made void).
+    #[error("only {acked} of {wanted} replicas acknowledged the write in time")]
+    NotReplicated {
+        /// Replicas that did.
+        acked: u32,
+        /// Replicas required (`--redis-replica-acks`).
+        wanted: u32,
+    },
     /// No connection to Redis right now (it is reconnecting).
     #[error("not connected to Redis")]
     NotConnected,
@@ -123,7 +134,9 @@ impl StoreError {
     /// opposed to an answer that Redis gave.
     pub fn is_outage(&self) -> bool {
         match self {
-            StoreError::Timeout(_) | StoreError::NotConnected => true,
+            StoreError::Timeout(_)
+            | StoreError::NotConnected
+            | StoreError::NotReplicated { .. } => true,
             StoreError::Redis(e) => {
                 matches!(
                     e.kind(),
@@ -132,6 +145,12 @@ impl StoreError {
                         | fred::error::ErrorKind::Canceled
                 ) || e.details().starts_with("LOADING")
                     || e.details().starts_with("BUSY")
+                    // A cluster node that lost its slots, or a cluster without quorum: the
+                    // shard is failing over.
+                    || e.details().starts_with("CLUSTERDOWN")
+                    || e.details().starts_with("MOVED")
+                    || e.details().starts_with("TRYAGAIN")
+                    || e.details().starts_with("READONLY")
             }
             _ => false,
         }

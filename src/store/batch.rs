@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
-use fred::clients::{Client, Pool};
+use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,7 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::store::cancel::Cancels;
 use crate::store::ids::Ids;
+use crate::store::redis::PoolCell;
 use crate::store::scripts::{LuaScript, PURCHASE};
 use crate::store::{Sale, StoreError};
 
@@ -58,6 +59,8 @@ pub struct Order {
 struct Context {
     script: LuaScript,
     timeout: Duration,
+    /// Replicas that must hold a round's sales before its buyers hear of them.
+    replica_acks: u32,
     metrics: Arc<Metrics>,
     cancels: Cancels,
     ids: Arc<Ids>,
@@ -71,11 +74,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Spawns one batcher task per client of `pool`; each round is bounded by `bound`, and each
-    /// call takes its batch id from `ids`.
+    /// Spawns one batcher task per client of the `size` clients of `pool`; each round
+    /// (including the wait for `replica_acks` replicas) is bounded by `bound`, and each call
+    /// takes its batch id from `ids`.
     pub fn start(
-        pool: &Pool,
+        pool: &Arc<PoolCell>,
+        size: usize,
         bound: Duration,
+        replica_acks: u32,
         metrics: Arc<Metrics>,
         cancels: Cancels,
         ids: Arc<Ids>,
@@ -83,16 +89,15 @@ impl Batcher {
         let context = Arc::new(Context {
             script: LuaScript::new(PURCHASE),
             timeout: bound,
+            replica_acks,
             metrics,
             cancels,
             ids,
         });
-        let queues = pool
-            .clients()
-            .iter()
-            .map(|client| {
+        let queues = (0..size.max(1))
+            .map(|i| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run(client.clone(), rx, context.clone()));
+                tokio::spawn(run(pool.clone(), i, rx, context.clone()));
                 tx
             })
             .collect();
@@ -112,10 +117,16 @@ impl Batcher {
     }
 }
 
-/// One batcher: rounds until every sender is gone.
-async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Order>, cx: Arc<Context>) {
+/// One batcher, on client `i` of the current pool: rounds until every sender is gone.
+async fn run(
+    pool: Arc<PoolCell>,
+    i: usize,
+    mut rx: mpsc::UnboundedReceiver<Order>,
+    cx: Arc<Context>,
+) {
     let mut orders = Vec::with_capacity(ROUND_MAX);
     while rx.recv_many(&mut orders, ROUND_MAX).await > 0 {
+        let client = pool.nth(i);
         let outage = round(&client, &mut orders, &cx).await;
         if outage {
             // Redis just failed: what queued meanwhile was never sent, so nothing of it can have
@@ -154,9 +165,19 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
+    let started = tokio::time::Instant::now();
     let mut replies = timeout(cx.timeout, futures_util::future::join_all(calls))
         .await
         .map(Vec::into_iter);
+    // The sales count only once the replicas hold them: a primary that fails over after
+    // answering must not take them along (design.md, Redis Cluster).
+    let mut unreplicated = None;
+    if cx.replica_acks > 0 && replies.is_ok() {
+        let left = cx.timeout.saturating_sub(started.elapsed());
+        if let Err(e) = crate::store::redis::replicated(client, cx.replica_acks, left).await {
+            unreplicated = Some(e);
+        }
+    }
     let mut outage = false;
     let mut orders = orders.drain(..);
     for (range, id) in batches {
@@ -167,6 +188,10 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
                 .expect("one reply per call")
                 .map_err(StoreError::Redis),
             Err(_) => Err(StoreError::Timeout(cx.timeout)),
+        };
+        let reply = match (&unreplicated, reply) {
+            (Some(e), Ok(_)) => Err(e.clone()),
+            (_, reply) => reply,
         };
         let reply = reply.and_then(|v| Reply::parse(&v, &batch[0].event));
         match reply {
@@ -395,6 +420,7 @@ mod tests {
         let cx = Context {
             script: LuaScript::new(PURCHASE),
             timeout: Duration::from_secs(1),
+            replica_acks: 0,
             metrics: Arc::new(Metrics::new()),
             cancels: Cancels::new(),
             ids: Arc::new(Ids::random()),

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
 use parking_lot::Mutex;
@@ -27,6 +26,7 @@ use tokio::time::timeout;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::store::journal::{Journal, Record};
+use crate::store::redis::PoolCell;
 use crate::store::scripts::{LuaScript, CANCEL};
 use crate::store::StoreError;
 
@@ -126,14 +126,15 @@ impl Cancels {
     }
 
     /// Starts the worker that sends the queued cancellations on `pool`, each call bounded by
-    /// `bound`.
+    /// `bound`; a cancellation is done once `replica_acks` replicas hold it.
     pub fn spawn_worker(
         &self,
-        pool: Pool,
+        pool: Arc<PoolCell>,
         metrics: Arc<Metrics>,
         bound: Duration,
+        replica_acks: u32,
     ) -> JoinHandle<()> {
-        tokio::spawn(work(self.inner.clone(), pool, metrics, bound))
+        tokio::spawn(work(self.inner.clone(), pool, metrics, bound, replica_acks))
     }
 
     /// Stops the worker (waiting at most `bound` for the calls under way) and returns what is
@@ -158,7 +159,13 @@ fn done(inner: &Inner, p: &PendingCancel) {
     inner.pending.fetch_sub(1, Relaxed);
 }
 
-async fn work(inner: Arc<Inner>, pool: Pool, metrics: Arc<Metrics>, bound: Duration) {
+async fn work(
+    inner: Arc<Inner>,
+    pool: Arc<PoolCell>,
+    metrics: Arc<Metrics>,
+    bound: Duration,
+    replica_acks: u32,
+) {
     let script = LuaScript::new(CANCEL);
     let bound = bound.max(Duration::from_millis(500));
     let mut backoff = Duration::from_millis(50);
@@ -167,7 +174,8 @@ async fn work(inner: Arc<Inner>, pool: Pool, metrics: Arc<Metrics>, bound: Durat
         if inner.stopping.load(Relaxed) {
             return;
         }
-        let client = pool.next();
+        let client = pool.client();
+        let client = &client;
         let batch: Vec<PendingCancel> = if client.is_connected() {
             let mut q = inner.queue.lock();
             let n = q.len().min(CANCEL_BATCH);
@@ -195,9 +203,16 @@ async fn work(inner: Arc<Inner>, pool: Pool, metrics: Arc<Metrics>, bound: Durat
             timeout(bound, call)
         });
         let results = futures_util::future::join_all(calls).await;
+        // A cancellation counts once the replicas hold it: one a failover forgot would leave
+        // its tickets sold to nobody on the new primary. Cancelling again is harmless.
+        let held = !results.iter().any(|r| matches!(r, Ok(Ok(_))))
+            || crate::store::redis::replicated(client, replica_acks, bound)
+                .await
+                .is_ok();
         let mut retry = Vec::new();
         for (mut p, r) in batch.into_iter().zip(results) {
             match r {
+                Ok(Ok(_)) if !held => retry.push(p),
                 Ok(Ok(returned)) => {
                     metrics.purchases_cancelled(p.purchases);
                     done(&inner, &p);

@@ -18,6 +18,7 @@ use crate::store::journal::Journal;
 use crate::store::redis::RedisStore;
 use crate::store::reserve::{FallbackSale, Reserve};
 use crate::store::scripts::LuaScript;
+use crate::store::topology::Scope;
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
@@ -112,6 +113,12 @@ pub struct Shared {
     down_at_ms: AtomicU64,
     /// Rate-limits the log line of a purchase that failed in Redis.
     pub error_log: Throttle,
+    /// The events this store serves (all, or one cluster shard's).
+    pub scope: Scope,
+    /// The shard's label in logs and metrics (`0-5460`); empty for a single Redis.
+    pub label: Box<str>,
+    /// This store's number among the parties settling from the journal.
+    pub party: usize,
 }
 
 impl Shared {
@@ -123,8 +130,14 @@ impl Shared {
         options: FallbackOptions,
         journal: Journal,
         recovered: Vec<RecoveredSale>,
+        scope: Scope,
+        label: Box<str>,
     ) -> Self {
+        let party = journal.join();
         Self {
+            scope,
+            label,
+            party,
             redis,
             catalog,
             options,
@@ -151,10 +164,18 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The events of the catalogue this store serves now.
+    pub fn events(&self) -> Vec<Arc<Event>> {
+        let mut events = self.catalog.events();
+        events.retain(|e| self.scope.owns(e));
+        events
+    }
+
     /// Opens the breaker because of `cause`: logged and counted once per outage.
     pub fn trip(&self, cause: &StoreError) {
         if self.open() {
             tracing::warn!(
+                shard = %self.label,
                 cause = %cause,
                 "REDIS FAILED: switching to the fallback; selling only from this instance's reserved tickets, journaling every sale to disk until Redis is back"
             );
@@ -166,6 +187,7 @@ impl Shared {
     pub fn hold_for_recovery(&self, sales: usize, cancels: usize) {
         if self.open() {
             tracing::info!(
+                shard = %self.label,
                 sales,
                 cancels,
                 "journal: the previous run left work to settle; selling starts once it is in Redis"
@@ -180,7 +202,7 @@ impl Shared {
             .is_ok();
         if opened {
             self.down_at_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.redis.metrics().fallback_entered();
+            self.redis.metrics().fallback_entered(&self.label);
             self.wake.notify_one();
         }
         opened
@@ -189,7 +211,7 @@ impl Shared {
     /// Closes the breaker. Returns how long it was open.
     pub fn recovered(&self) -> Duration {
         self.fallback.store(false, Ordering::Release);
-        self.redis.metrics().fallback_left();
+        self.redis.metrics().fallback_left(&self.label);
         Duration::from_millis(self.now_ms() - self.down_at_ms.load(Ordering::Relaxed))
     }
 
@@ -230,22 +252,28 @@ impl Shared {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Result<R, StoreError> {
-        let client = self.redis.pool().next();
+        let client = self.redis.client();
         if !client.is_connected() {
             return Err(StoreError::NotConnected);
         }
         let bound = self.call_bound();
-        match tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let reply = match tokio::time::timeout(
             bound,
-            script.run(client, keys, args, || {
+            script.run(&client, keys, args, || {
                 self.redis.metrics().script_reloaded()
             }),
         )
         .await
         {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout(bound)),
-        }
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout(bound)),
+        };
+        // What a reserve's upkeep wrote (a claim, a settlement) is acted on only once the
+        // replicas hold it: a failover must not undo it behind this instance's back.
+        let left = bound.saturating_sub(started.elapsed());
+        self.redis.replicated(&client, left).await?;
+        Ok(reply)
     }
 
     /// The bound on one background call.

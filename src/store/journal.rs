@@ -76,6 +76,8 @@ pub struct Journal {
     dirty: Arc<AtomicBool>,
     /// A write or sync failed: nothing more is accepted.
     broken: Arc<AtomicBool>,
+    /// What each party settling from this journal (one per Redis shard) let go of.
+    parties: Arc<parking_lot::Mutex<Vec<Option<u64>>>>,
 }
 
 /// Most records written with one sync.
@@ -109,7 +111,12 @@ impl Journal {
                 what: "start the writer for",
                 source,
             })?;
-        Ok(Self { tx, dirty, broken })
+        Ok(Self {
+            tx,
+            dirty,
+            broken,
+            parties: Arc::default(),
+        })
     }
 
     /// Whether a write or sync failed: every later append fails. Sellers check it before they
@@ -148,6 +155,29 @@ impl Journal {
     /// Removes the closed segments up to `through`: their records are all settled.
     pub fn forget(&self, through: u64) {
         let _ = self.tx.send(Job::Forget(through));
+    }
+
+    /// Registers one more party that settles records of this journal (each Redis Cluster shard
+    /// settles the sales of its own events) and returns its number for
+    /// [`Journal::forget_for`]. Until every party has let go of a segment, it is kept.
+    pub fn join(&self) -> usize {
+        let mut parties = self.parties.lock();
+        parties.push(None);
+        parties.len() - 1
+    }
+
+    /// Party `party` settled every record of its own up to segment `through`: the segments every
+    /// party let go of are removed.
+    pub fn forget_for(&self, party: usize, through: u64) {
+        let all = {
+            let mut parties = self.parties.lock();
+            let mark = &mut parties[party];
+            *mark = Some(mark.map_or(through, |m| m.max(through)));
+            parties.iter().copied().min().flatten()
+        };
+        if let Some(through) = all {
+            self.forget(through);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::Pool;
+use fred::clients::{Client, Pool};
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
@@ -43,6 +43,8 @@ pub struct RedisOptions {
     pub max_in_flight: usize,
     /// How long a purchase may wait for one of those slots before it is shed with `503`.
     pub queue_timeout: Duration,
+    /// Replicas that must acknowledge every write before it counts (`WAIT`); 0: none.
+    pub replica_acks: u32,
 }
 
 impl RedisOptions {
@@ -54,14 +56,79 @@ impl RedisOptions {
             timeout: Duration::from_millis(250),
             max_in_flight: 1024,
             queue_timeout: Duration::from_secs(2),
+            replica_acks: 0,
         }
+    }
+}
+
+/// The fred pool a store talks through. On a cluster a failover moves a shard to another
+/// primary, and the pool is swapped for one connected to it; every user takes the current pool
+/// per call, never keeps one.
+#[derive(Debug)]
+pub struct PoolCell(parking_lot::RwLock<Pool>);
+
+impl PoolCell {
+    /// A cell holding `pool`.
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self(parking_lot::RwLock::new(pool)))
+    }
+
+    /// The current pool.
+    pub fn get(&self) -> Pool {
+        self.0.read().clone()
+    }
+
+    /// The next client of the current pool (round robin).
+    pub fn client(&self) -> Client {
+        self.0.read().next().clone()
+    }
+
+    /// Client `i` of the current pool (each batcher keeps to one).
+    pub fn nth(&self, i: usize) -> Client {
+        let pool = self.0.read();
+        let clients = pool.clients();
+        clients[i % clients.len()].clone()
+    }
+
+    /// Puts `pool` in place and returns the one it replaced.
+    pub fn replace(&self, pool: Pool) -> Pool {
+        std::mem::replace(&mut *self.0.write(), pool)
+    }
+}
+
+/// Waits until `acks` replicas hold every write sent on `client` so far (`WAIT`), at most
+/// `bound`. Nothing to wait for when `acks` is 0.
+///
+/// # Errors
+/// [`StoreError::NotReplicated`] when fewer replicas acknowledged within the bound; the
+/// client's error, or the bound.
+pub async fn replicated(client: &Client, acks: u32, bound: Duration) -> Result<(), StoreError> {
+    if acks == 0 {
+        return Ok(());
+    }
+    // Redis's own timeout a little inside ours, so that a slow replica reads as "not
+    // replicated" rather than as a lost connection.
+    let redis_ms = (bound.as_millis() as i64 * 4 / 5).max(1);
+    let args: Vec<Value> = vec![i64::from(acks).into(), redis_ms.into()];
+    let got = timeout(bound, client.custom::<i64, Value>(fred::cmd!("WAIT"), args))
+        .await
+        .map_err(|_| StoreError::Timeout(bound))??;
+    if got >= i64::from(acks) {
+        Ok(())
+    } else {
+        Err(StoreError::NotReplicated {
+            acked: got.max(0) as u32,
+            wanted: acks,
+        })
     }
 }
 
 /// Tickets in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
-    pool: Pool,
+    pool: Arc<PoolCell>,
+    /// Replicas that must hold a write before it counts.
+    replica_acks: u32,
     /// Gathers concurrent purchases into one script call per event.
     batcher: Batcher,
     timeout: Duration,
@@ -111,20 +178,31 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
 impl RedisStore {
     /// A store on `pool` (connected or not) that names its batches with `ids`. Spawns the
     /// cancellation worker and the purchase batchers, so it must run inside a tokio runtime.
-    pub fn new(pool: Pool, options: &RedisOptions, metrics: Arc<Metrics>, ids: Ids) -> Self {
+    pub fn new(
+        pool: Pool,
+        options: &RedisOptions,
+        metrics: Arc<Metrics>,
+        ids: impl Into<Arc<Ids>>,
+    ) -> Self {
         let timeout = options.timeout;
         let cancels = Cancels::new();
-        let cancel_worker = cancels.spawn_worker(pool.clone(), metrics.clone(), timeout);
-        let ids = Arc::new(ids);
+        let size = pool.size();
+        let pool = PoolCell::new(pool);
+        let cancel_worker =
+            cancels.spawn_worker(pool.clone(), metrics.clone(), timeout, options.replica_acks);
+        let ids = ids.into();
         Self {
             batcher: Batcher::start(
                 &pool,
+                size,
                 timeout,
+                options.replica_acks,
                 metrics.clone(),
                 cancels.clone(),
                 ids.clone(),
             ),
             pool,
+            replica_acks: options.replica_acks,
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
@@ -157,9 +235,29 @@ impl RedisStore {
         self.cancels.pending()
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The current pool.
+    pub fn pool(&self) -> Pool {
+        self.pool.get()
+    }
+
+    /// The next client of the current pool.
+    pub fn client(&self) -> Client {
+        self.pool.client()
+    }
+
+    /// Talks to another server from now on (a failover moved this store's shard): `pool`
+    /// replaces the current pool, which is returned (the caller closes it). Calls in flight on
+    /// the old pool end as they would on a lost connection.
+    pub fn repoint(&self, pool: Pool) -> Pool {
+        self.pool.replace(pool)
+    }
+
+    /// Waits until the configured number of replicas hold every write sent on `client`.
+    ///
+    /// # Errors
+    /// See [`replicated`].
+    pub async fn replicated(&self, client: &Client, bound: Duration) -> Result<(), StoreError> {
+        replicated(client, self.replica_acks, bound).await
     }
 
     /// This process's instance id (16 hex digits).
@@ -232,7 +330,7 @@ impl RedisStore {
     /// # Errors
     /// A Redis error or the timeout.
     pub async fn remaining(&self, events: &[Arc<Event>]) -> Result<Vec<u64>, StoreError> {
-        let client = self.pool.next();
+        let client = self.pool.client();
         if !client.is_connected() {
             return Err(StoreError::NotConnected);
         }
@@ -261,20 +359,63 @@ impl RedisStore {
             .collect())
     }
 
-    /// Whether every pooled connection is up and Redis answers a PING within the timeout.
+    /// Whether every pooled connection is up, Redis answers a PING within the timeout, and as
+    /// many replicas as writes need are connected and caught up.
     pub async fn ready(&self) -> bool {
-        self.pool.clients().iter().all(ClientLike::is_connected)
-            && matches!(
-                timeout(self.timeout, self.pool.next().ping::<Value>(None)).await,
-                Ok(Ok(_))
-            )
+        let pool = self.pool.get();
+        if !pool.clients().iter().all(ClientLike::is_connected) {
+            return false;
+        }
+        let client = pool.next();
+        matches!(
+            timeout(self.timeout, client.ping::<Value>(None)).await,
+            Ok(Ok(_))
+        ) && self.replicated(client, self.timeout).await.is_ok()
+    }
+}
+
+/// Warns when Redis may lose a write it acknowledged: a sale lost that way puts its ticket back
+/// in the pool, to be sold again. Only `appendonly yes` with `appendfsync always` survives a
+/// crash of Redis; with `everysec`, a busy disk makes Redis answer before it writes its AOF, so
+/// even a killed process loses up to two seconds (found by the fault-injection harness).
+/// `CONFIG` may be renamed away on a managed Redis: then nothing is said. `shard` names the
+/// cluster shard (empty for a single Redis); a cluster node is also checked for
+/// `cluster-require-full-coverage`, which would stop every shard while one fails over.
+pub async fn check_durability(client: &Client, shard: &str) {
+    let get = |name: &'static str| async move {
+        let reply: Result<Vec<String>, _> = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.custom(fred::cmd!("CONFIG"), vec!["GET", name]),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(Vec::new()));
+        reply.ok().and_then(|kv| kv.get(1).cloned())
+    };
+    if let (Some(aof), Some(fsync)) = (get("appendonly").await, get("appendfsync").await) {
+        if aof != "yes" || fsync != "always" {
+            tracing::warn!(
+                shard,
+                appendonly = %aof,
+                appendfsync = %fsync,
+                "REDIS MAY LOSE ACKNOWLEDGED SALES: a crash of this Redis can forget sales it already answered, and their tickets would be sold again; run it with --appendonly yes --appendfsync always"
+            );
+        }
+    }
+    if shard.is_empty() {
+        return;
+    }
+    if get("cluster-require-full-coverage").await.as_deref() == Some("yes") {
+        tracing::warn!(
+            shard,
+            "ONE FAILING PRIMARY STOPS EVERY SHARD: with cluster-require-full-coverage yes, the healthy primaries refuse all commands (CLUSTERDOWN) until a failed primary's replica takes over, and their events go to the fallback meanwhile; run the cluster with --cluster-require-full-coverage no"
+        );
     }
 }
 
 /// Which counter a failure goes to.
 pub fn error_kind(e: &StoreError) -> RedisErrorKind {
     match e {
-        StoreError::Timeout(_) => RedisErrorKind::Timeout,
+        StoreError::Timeout(_) | StoreError::NotReplicated { .. } => RedisErrorKind::Timeout,
         StoreError::NotConnected => RedisErrorKind::Io,
         StoreError::Protocol(_) | StoreError::Cancelled => RedisErrorKind::Protocol,
         StoreError::Redis(e) => match e.kind() {

@@ -19,6 +19,7 @@ use crate::store::fallback::{unix_ms, EventReserve, FallbackOptions, RecoveredSa
 use crate::store::journal::{Journal, Record};
 use crate::store::redis::RedisStore;
 use crate::store::reserve::Reserve;
+use crate::store::topology::Scope;
 use crate::store::{Sale, Store, StoreError};
 
 /// What the end of a sale decided.
@@ -47,6 +48,31 @@ impl ResilientStore {
         journal: Journal,
         recovered: Vec<Record>,
         start_in_fallback: bool,
+    ) -> Self {
+        Self::for_scope(
+            redis,
+            catalog,
+            options,
+            journal,
+            recovered,
+            start_in_fallback,
+            Scope::All,
+            "".into(),
+        )
+    }
+
+    /// Like [`ResilientStore::new`], for the events of `scope` only: one shard of a Redis
+    /// Cluster, named `label` in logs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_scope(
+        redis: RedisStore,
+        catalog: Arc<Catalog>,
+        options: FallbackOptions,
+        journal: Journal,
+        recovered: Vec<Record>,
+        start_in_fallback: bool,
+        scope: Scope,
+        label: Box<str>,
     ) -> Self {
         let mut sales = Vec::new();
         let mut cancels = 0;
@@ -82,13 +108,22 @@ impl ResilientStore {
         }
         redis.cancels().journal_to(journal.clone());
         let n_sales = sales.len();
-        let shared = Arc::new(Shared::new(redis, catalog, options, journal, sales));
+        let shared = Arc::new(Shared::new(
+            redis, catalog, options, journal, sales, scope, label,
+        ));
         if start_in_fallback {
             shared.trip(&StoreError::NotConnected);
         } else if n_sales + cancels > 0 {
             shared.hold_for_recovery(n_sales, cancels);
         }
-        tokio::spawn(crate::store::supervisor::run(shared.clone()));
+        let supervisor = crate::store::supervisor::run(shared.clone());
+        if shared.label.is_empty() {
+            tokio::spawn(supervisor);
+        } else {
+            // Every line the shard's background work logs names the shard.
+            let span = tracing::info_span!("shard", shard = %shared.label);
+            tokio::spawn(tracing::Instrument::instrument(supervisor, span));
+        }
         Self { shared }
     }
 

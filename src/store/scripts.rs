@@ -3,7 +3,7 @@
 
 use fred::clients::Client;
 use fred::error::Error;
-use fred::interfaces::LuaInterface;
+use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
 
@@ -42,17 +42,23 @@ impl LuaScript {
         self.script.sha1()
     }
 
-    /// Loads the script into the server behind `client`.
+    /// Loads the script into the server behind `client`: every primary of a cluster.
     ///
     /// # Errors
     /// The client's error.
     pub async fn load(&self, client: &Client) -> Result<(), Error> {
         let lua = self.script.lua().expect("built from source").clone();
-        client.script_load::<String, _>(lua).await.map(drop)
+        if client.is_clustered() {
+            client.script_load_cluster::<(), _>(lua).await
+        } else {
+            client.script_load::<String, _>(lua).await.map(drop)
+        }
     }
 
-    /// Runs the script with EVALSHA. On NOSCRIPT (the server restarted or its script cache was
-    /// flushed) loads it and runs it again, once; `on_reload` is told.
+    /// Runs the script with EVALSHA. On NOSCRIPT (the server restarted, a replica was promoted
+    /// in a failover, or the script cache was flushed) runs it once with EVAL, which also
+    /// caches it on that server; `on_reload` is told. EVAL goes by the keys, so on a cluster it
+    /// reaches the very node that said NOSCRIPT.
     ///
     /// # Errors
     /// The client's error, or the script's.
@@ -71,8 +77,8 @@ impl LuaScript {
         {
             Err(e) if is_noscript(&e) => {
                 on_reload();
-                self.load(client).await?;
-                client.evalsha(self.script.sha1().clone(), keys, args).await
+                let lua = self.script.lua().expect("built from source").clone();
+                client.eval(lua, keys, args).await
             }
             other => other,
         }

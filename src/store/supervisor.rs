@@ -93,6 +93,7 @@ pub async fn run(s: Arc<Shared>) {
             }
             let down = s.recovered();
             tracing::info!(
+                shard = %s.label,
                 outage = ?down,
                 reconciled = settled,
                 cancelled = s.redis.metrics().cancelled(),
@@ -130,12 +131,12 @@ pub async fn run(s: Arc<Shared>) {
                         settled.pop_front();
                     }
                     if let Some(mark) = through {
-                        s.journal.forget(mark);
+                        s.journal.forget_for(s.party, mark);
                     }
                 }
                 Err(e) => {
                     watch.forget_all();
-                    if e.is_outage() && !s.redis.pool().next().is_connected() {
+                    if e.is_outage() && !s.redis.client().is_connected() {
                         s.trip(&e);
                     } else if let Some(held_back) = errors.allow() {
                         tracing::warn!(error = %e, held_back, "reserve upkeep failed; will retry");
@@ -161,7 +162,7 @@ async fn maintain_all(
     if !s.recovered.lock().is_empty() {
         crate::store::settle::settle_recovered(s, &scripts.settle).await?;
     }
-    for event in s.catalog.events() {
+    for event in s.events() {
         if s.in_fallback() || s.stopping.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -302,7 +303,7 @@ async fn watch_leases(
     event: &Event,
     watch: &mut LeaseWatch,
 ) -> Result<(), StoreError> {
-    let client = s.redis.pool().next();
+    let client = s.redis.client();
     if !client.is_connected() {
         return Err(StoreError::NotConnected);
     }
@@ -378,7 +379,7 @@ pub async fn shutdown(s: Arc<Shared>, bound: Duration) {
     let drain_until = Instant::now() + bound / 3;
     while s.redis.pending_cancels() > 0
         && Instant::now() < drain_until
-        && s.redis.pool().next().is_connected()
+        && s.redis.client().is_connected()
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -408,7 +409,7 @@ pub async fn shutdown(s: Arc<Shared>, bound: Duration) {
         if s.journal.dirty() && !s.owes() && s.redis.pending_cancels() == 0 {
             // Everything journaled is in Redis: the next start has nothing to settle.
             if let Some(mark) = s.journal.checkpoint().await {
-                s.journal.forget(mark);
+                s.journal.forget_for(s.party, mark);
                 let _ = s.journal.checkpoint().await; // waits for the forget
             }
         }
