@@ -89,6 +89,9 @@ impl Node {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "2000"])
+            // A failing primary must not stop the healthy ones (CLUSTERDOWN) while its replica
+            // takes over: ticketd's failure isolation per shard relies on it (README).
+            .args(["--cluster-require-full-coverage", "no"])
             // A replica's full sync starts at once, not after the default 5 s of waiting for
             // more replicas to share the transfer.
             .args(["--repl-diskless-sync-delay", "0"])
@@ -321,6 +324,17 @@ impl RedisCluster {
         let node = self.node(port);
         node.signal("STOP");
         node.paused = true;
+    }
+
+    /// Closes the replication links of the primary on `port` (`CLIENT KILL TYPE replica`).
+    /// With its replicas paused first, none can reconnect: the primary goes on answering writes
+    /// that no replica receives (the bytes already in a paused replica's socket still arrive).
+    /// Returns the links closed.
+    pub fn detach_replicas(&self, port: u16) -> i64 {
+        match command(port, &["CLIENT", "KILL", "TYPE", "replica"]) {
+            Ok(Reply::Int(n)) => n,
+            other => panic!("CLIENT KILL TYPE replica on {port}: {other:?}"),
+        }
     }
 
     /// SIGCONTs the node on `port` paused with [`pause`](Self::pause). Does not wait: the node

@@ -1,0 +1,228 @@
+//! ticketd on a loopback Redis Cluster of six real `redis-server` processes (three primaries,
+//! three replicas), with two ticketd instances as real processes: a primary fails under load
+//! and its replica takes over. Every request gets an answer, no ticket goes to two buyers, every
+//! ticket a buyer received is in its event's ledger on the new primary, ledger + pool + reserves
+//! == capacity for every event, and the events on the other primaries never answer `503` while
+//! the failing one fails over.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use hyper::StatusCode;
+use support::cluster::key_slot;
+use support::load::{buy_until_sold_out, Tally};
+use support::{ledger, Conn, RedisCluster, TicketdProcess};
+
+/// Tickets of each event on the failing primary.
+const DOOMED: u64 = 3000;
+/// Tickets of each event on the other primaries: enough that none is near its end (where `503`
+/// is a normal answer while other instances hand reserves back) during the failover.
+const HEALTHY: u64 = 10_000;
+
+async fn start(cluster: &RedisCluster, events: &str, extra: &[&str]) -> TicketdProcess {
+    let url = cluster.url();
+    let mut args = vec![
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--events",
+        events,
+        "--stats-interval",
+        "0",
+        "--fallback-reserve",
+        "100",
+        "--redis-timeout",
+        "250ms",
+    ];
+    args.extend_from_slice(extra);
+    let t = TicketdProcess::spawn(&args, &[]).await;
+    t.wait_ready().await;
+    t
+}
+
+/// A client on the node `port` (to read the keys of the slots it serves).
+async fn node(port: u16) -> Client {
+    let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let c = Builder::from_config(config).build().unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+/// Buys `events` one after another on one connection until `stop`. Returns every `503` (and
+/// every request left without an answer), and the tickets bought as (event, ticket).
+async fn probe(
+    addr: std::net::SocketAddr,
+    events: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let mut conn = Conn::open(addr).await.unwrap();
+    let mut bad = Vec::new();
+    let mut bought = Vec::new();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let e = &events[i % events.len()];
+        i += 1;
+        match tokio::time::timeout(Duration::from_secs(5), conn.buy(e)).await {
+            Ok(Ok(a)) if a.status == StatusCode::OK => {
+                let ticket = a.json()["ticket"].as_str().unwrap().to_owned();
+                bought.push((e.clone(), ticket));
+            }
+            Ok(Ok(a)) if a.status != StatusCode::SERVICE_UNAVAILABLE => {}
+            Ok(Ok(a)) => bad.push(format!("event {e}: {}", a.status)),
+            _ => bad.push(format!("event {e}: no answer")),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (bad, bought)
+}
+
+/// No ticket twice across all buyers (the load's and `more`); returns the tickets per event.
+fn unique_tickets(tally: &Tally, more: Vec<(String, String)>) -> HashMap<String, HashSet<String>> {
+    let mut by_event: HashMap<String, HashSet<String>> = HashMap::new();
+    for (event, ticket) in tally.sold().into_iter().chain(more) {
+        assert!(
+            by_event.entry(event).or_default().insert(ticket.clone()),
+            "ticket {ticket} went to two buyers"
+        );
+    }
+    by_event
+}
+
+/// The replica of one primary stops and loses its link; the primary sells on and is killed; the
+/// replica, which never received those sales, takes over. Buyers hear of a sale only once a
+/// replica holds it (`--redis-replica-acks`, 1 on a cluster), so the buyers of that window were
+/// never told of one, and nothing is sold twice.
+async fn primary_killed_after_answering(extra: &[&str]) {
+    let mut cluster = RedisCluster::start();
+    let ids = cluster.events_on_each_primary(3);
+    assert_eq!(ids.len(), 9);
+    let victim = cluster.primary_for_slot(key_slot(&format!("{{{}}}", ids[0])));
+    let (doomed, healthy): (Vec<String>, Vec<String>) = ids
+        .iter()
+        .cloned()
+        .partition(|id| cluster.primary_for_slot(key_slot(&format!("{{{id}}}"))) == victim);
+    assert_eq!(doomed.len(), 3);
+    let capacity = |id: &str| {
+        if doomed.iter().any(|d| d == id) {
+            DOOMED
+        } else {
+            HEALTHY
+        }
+    };
+    let events: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), capacity(id))).collect();
+    let flag = support::events_flag(&events);
+    let a = start(&cluster, &flag, extra).await;
+    let b = start(&cluster, &flag, extra).await;
+    let replica = cluster.replicas_of(victim)[0];
+
+    let sold = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(buy_until_sold_out(
+        vec![a.addr, b.addr],
+        ids.clone(),
+        400,
+        Duration::from_secs(150),
+        Duration::from_millis(20),
+        sold.clone(),
+    ));
+    let wait_sold = |n: u64| {
+        let sold = sold.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sold.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "load stalled below {n} sales");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_sold(2000).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let probes =
+        [a.addr, b.addr].map(|addr| tokio::spawn(probe(addr, healthy.clone(), stop.clone())));
+    // The replica stops and its link is cut; the primary goes on answering, replicating to no one.
+    cluster.pause(replica);
+    assert_eq!(cluster.detach_replicas(victim), 1);
+    let at_pause = sold.load(Ordering::Relaxed);
+    wait_sold(at_pause + 1500).await;
+    cluster.kill(victim);
+    cluster.resume(replica);
+    let promoted = cluster.wait_for_failover(victim);
+    assert_eq!(promoted, replica);
+    // The old primary comes back as the new one's replica: writes are acknowledged again.
+    cluster.restart(victim);
+    let at_back = sold.load(Ordering::Relaxed);
+    wait_sold(at_back + 1000).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut probed = Vec::new();
+    for p in probes {
+        let (bad, bought) = p.await.unwrap();
+        probed.extend(bought);
+        assert!(
+            bad.is_empty(),
+            "events on the healthy primaries answered other than 200 during the failover: {bad:?}"
+        );
+    }
+
+    let tally = tokio::time::timeout(Duration::from_secs(180), load)
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert_eq!(
+        tally.connection_errors, 0,
+        "every request gets an HTTP answer"
+    );
+    assert_eq!(tally.unfinished, 0, "every event sold out in time");
+    let received = unique_tickets(&tally, probed);
+    let a_log = {
+        let mut a = a;
+        let mut b = b;
+        a.signal("TERM");
+        b.signal("TERM");
+        assert_eq!(a.wait(), Some(0));
+        assert_eq!(b.wait(), Some(0));
+        a.log_text() + &b.log_text()
+    };
+    assert!(
+        a_log.contains("REDIS CLUSTER FAILOVER"),
+        "the failover was seen: {a_log}"
+    );
+    for id in &ids {
+        let primary = cluster.primary_for_slot(key_slot(&format!("{{{id}}}")));
+        let r = node(primary).await;
+        let got = received.get(id).cloned().unwrap_or_default();
+        let state = ledger::check(&r, id, capacity(id), &got).await;
+        assert_eq!(
+            state.held_back(),
+            0,
+            "event {id}: nothing held back after a graceful stop"
+        );
+        assert_eq!(
+            state.reserved(),
+            0,
+            "event {id}: every reserve handed back at the graceful stop"
+        );
+        let nobody: Vec<String> = state
+            .sold
+            .iter()
+            .filter(|(t, _)| !got.contains(*t))
+            .map(|(t, r)| format!("{t} {r}"))
+            .collect();
+        assert_eq!(
+            got.len() as u64,
+            capacity(id),
+            "event {id}: every ticket sold, once; sold to nobody: {nobody:?}\n{}",
+            a_log
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_after_answering_loses_no_sale() {
+    primary_killed_after_answering(&[]).await;
+}
