@@ -130,6 +130,27 @@ pub trait Store: Send + Sync + 'static {
 }
 
 impl StoreError {
+    /// Whether Redis refused the call before running anything: a cluster node that does not
+    /// serve the slot (any more, or not yet: MOVED, ASK, TRYAGAIN during a resharding), a
+    /// cluster without quorum (CLUSTERDOWN), a demoted primary (READONLY). Such a call sold
+    /// nothing, so there is nothing to make void.
+    pub fn never_ran(&self) -> bool {
+        let StoreError::Redis(e) = self else {
+            return false;
+        };
+        let d = e.details();
+        [
+            "MOVED",
+            "ASK",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "READONLY",
+            "CROSSSLOT",
+        ]
+        .iter()
+        .any(|p| d.starts_with(p))
+    }
+
     /// Whether this failure means Redis is down or too slow (switch to the fallback), as
     /// opposed to an answer that Redis gave.
     pub fn is_outage(&self) -> bool {
@@ -145,11 +166,9 @@ impl StoreError {
                         | fred::error::ErrorKind::Canceled
                 ) || e.details().starts_with("LOADING")
                     || e.details().starts_with("BUSY")
-                    // A cluster node that lost its slots, or a cluster without quorum: the
-                    // shard is failing over.
+                    // A cluster without quorum, or a primary demoted to a replica: the shard
+                    // is failing over.
                     || e.details().starts_with("CLUSTERDOWN")
-                    || e.details().starts_with("MOVED")
-                    || e.details().starts_with("TRYAGAIN")
                     || e.details().starts_with("READONLY")
             }
             _ => false,

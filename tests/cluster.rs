@@ -1,9 +1,9 @@
 //! ticketd on a loopback Redis Cluster of six real `redis-server` processes (three primaries,
-//! three replicas), with two ticketd instances as real processes: a primary fails under load
-//! and its replica takes over. Every request gets an answer, no ticket goes to two buyers, every
-//! ticket a buyer received is in its event's ledger on the new primary, ledger + pool + reserves
-//! == capacity for every event, and the events on the other primaries never answer `503` while
-//! the failing one fails over.
+//! three replicas), with two ticketd instances as real processes: a primary fails under the load
+//! of 2000 connections and its replica takes over. Every request gets an answer, no ticket goes
+//! to two buyers, every ticket a buyer received is in its event's ledger on the new primary,
+//! ledger + pool + reserves == capacity for every event, and the events on the other primaries
+//! never answer `503` while the failing one fails over.
 
 mod support;
 
@@ -125,7 +125,7 @@ async fn primary_killed_after_answering(extra: &[&str]) {
     let load = tokio::spawn(buy_until_sold_out(
         vec![a.addr, b.addr],
         ids.clone(),
-        400,
+        2000,
         Duration::from_secs(150),
         Duration::from_millis(20),
         sold.clone(),

@@ -198,8 +198,10 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
             Ok(reply) => answer(batch, &reply, id, cx),
             Err(e) => {
                 outage |= e.is_outage();
-                // The call may have run: make the batch void, whatever it sold.
-                cx.cancels.void(&batch[0].event, id, batch.len() as u64);
+                if !e.never_ran() {
+                    // The call may have run: make the batch void, whatever it sold.
+                    cx.cancels.void(&batch[0].event, id, batch.len() as u64);
+                }
                 for order in batch {
                     let _ = order.reply.send(Err(e.clone()));
                 }

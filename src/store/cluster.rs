@@ -210,6 +210,35 @@ impl Inner {
             .iter()
             .map(|s| topology.shards.iter().find(|t| t.key == s.key))
             .collect();
+        // A resharding moves slots between shards: the reserve state of each moved event (its
+        // reserve and the fallback sales not yet in the ledger) goes along, so the new shard
+        // settles those sales instead of selling their tickets again.
+        let serving = |slot: u16| {
+            by_number
+                .iter()
+                .position(|s| s.is_some_and(|s| s.serves(slot)))
+        };
+        for event in self.catalog.events() {
+            let (Some(from), Some(to)) = (self.table.shard_of(event.slot), serving(event.slot))
+            else {
+                continue;
+            };
+            if from != to {
+                let (a, b) = (&shards[from].store, &shards[to].store);
+                let moved = a.shared().reserves.write().remove(&*event.id);
+                if let Some(er) = moved {
+                    b.shared().reserves.write().insert(event.id.clone(), er);
+                }
+                let owed: Vec<_> = {
+                    let mut recovered = a.shared().recovered.lock();
+                    let (mine, rest) = recovered.drain(..).partition(|r| r.event == event.id);
+                    *recovered = rest;
+                    mine
+                };
+                b.shared().recovered.lock().extend(owed);
+                tracing::info!(event = %event.id, from = %a.shared().label, to = %b.shared().label, "RESHARDED: this event is served by another shard now");
+            }
+        }
         self.table.set(&by_number);
     }
 
@@ -350,8 +379,9 @@ impl Store for ClusterStore {
             return (StorePath::Redis, Err(StoreError::NotConnected));
         };
         let (path, result) = shard.store.purchase(event).await;
-        if path == StorePath::Fallback || result.as_ref().is_err_and(StoreError::is_outage) {
-            // The shard failed: read the layout now rather than within a second (a failover).
+        if path == StorePath::Fallback || result.is_err() {
+            // The shard failed, or its node no longer serves the slot: read the layout now
+            // rather than within a second (a failover, a resharding).
             self.inner.wake.notify_one();
         }
         (path, result)
