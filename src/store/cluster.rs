@@ -54,8 +54,8 @@ pub struct ClusterOptions {
 /// One shard as this instance serves it.
 #[derive(Debug)]
 struct ShardStore {
-    /// The lowest slot it serves (its name across failovers).
-    key: u16,
+    /// The lowest slot it serves (how a failover is recognised).
+    key: Mutex<u16>,
     /// `host:port` of the primary the pool talks to.
     primary: Mutex<String>,
     store: ResilientStore,
@@ -181,35 +181,48 @@ impl Inner {
         None
     }
 
-    /// Makes `topology` the routing: a shard seen for the first time gets its store; a shard
-    /// whose primary changed (a failover) is pointed at the new one.
+    /// Makes `topology` the routing. Each shard of the layout is served by the store on the
+    /// same primary (a resharding may have changed its slots), else by the store that served
+    /// the shard's lowest slot (a failover moved it to another primary: the store is pointed at
+    /// the new one), else by a new store.
     async fn apply(self: &Arc<Self>, topology: &Topology) {
-        let mut added = Vec::new();
-        for shard in &topology.shards {
-            let existing = self
-                .shards
-                .read()
-                .iter()
-                .find(|s| s.key == shard.key)
-                .cloned();
-            match existing {
-                Some(s) => {
-                    let was = s.primary.lock().clone();
-                    if was != shard.primary {
-                        self.repoint(&s, shard, &was).await;
-                    }
-                }
-                None => added.push(shard),
+        let stores: Vec<Arc<ShardStore>> = self.shards.read().clone();
+        let mut taken = vec![false; stores.len()];
+        let mut matched: Vec<Option<usize>> = vec![None; topology.shards.len()];
+        for (t, shard) in topology.shards.iter().enumerate() {
+            let same = (0..stores.len())
+                .find(|&i| !taken[i] && *stores[i].primary.lock() == shard.primary);
+            if let Some(i) = same {
+                matched[t] = Some(i);
+                taken[i] = true;
             }
         }
-        for shard in added {
-            self.add(shard).await;
+        for (t, shard) in topology.shards.iter().enumerate() {
+            if matched[t].is_some() {
+                continue;
+            }
+            let moved =
+                (0..stores.len()).find(|&i| !taken[i] && *stores[i].key.lock() == shard.key);
+            if let Some(i) = moved {
+                let was = stores[i].primary.lock().clone();
+                self.repoint(&stores[i], shard, &was).await;
+                matched[t] = Some(i);
+                taken[i] = true;
+            }
+        }
+        for (t, shard) in topology.shards.iter().enumerate() {
+            if matched[t].is_none() {
+                matched[t] = self.add(shard).await;
+            }
         }
         let shards = self.shards.read();
-        let by_number: Vec<Option<&Shard>> = shards
-            .iter()
-            .map(|s| topology.shards.iter().find(|t| t.key == s.key))
-            .collect();
+        let mut by_number: Vec<Option<&Shard>> = vec![None; shards.len()];
+        for (t, shard) in topology.shards.iter().enumerate() {
+            if let Some(i) = matched[t] {
+                by_number[i] = Some(shard);
+                *shards[i].key.lock() = shard.key;
+            }
+        }
         // A resharding moves slots between shards: the reserve state of each moved event (its
         // reserve and the fallback sales not yet in the ledger) goes along, so the new shard
         // settles those sales instead of selling their tickets again.
@@ -243,11 +256,11 @@ impl Inner {
     }
 
     /// Starts serving `shard`: a pool on its primary and a store with the journal records of
-    /// its events.
-    async fn add(self: &Arc<Self>, shard: &Shard) {
+    /// its events. Returns the store's number.
+    async fn add(self: &Arc<Self>, shard: &Shard) -> Option<usize> {
         let Ok(pool) = pool_for(&self.options.redis, &shard.primary, 0) else {
             tracing::error!(primary = %shard.primary, "cannot build a client for this cluster node");
-            return;
+            return None;
         };
         pool.connect_pool();
         let connected = matches!(
@@ -286,11 +299,13 @@ impl Inner {
             scope,
             label,
         );
-        self.shards.write().push(Arc::new(ShardStore {
-            key: shard.key,
+        let mut shards = self.shards.write();
+        shards.push(Arc::new(ShardStore {
+            key: Mutex::new(shard.key),
             primary: Mutex::new(shard.primary.clone()),
             store,
         }));
+        Some(shards.len() - 1)
     }
 
     /// A failover: `s` talks to `shard.primary` from now on.

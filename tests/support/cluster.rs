@@ -337,6 +337,61 @@ impl RedisCluster {
         }
     }
 
+    /// Moves `slot` and its keys from the primary serving it to the primary on `to`, the way
+    /// `redis-cli --cluster reshard` does, one slot: IMPORTING on the target, MIGRATING on the
+    /// source, MIGRATE the keys in groups of `per_step` (each step a separate command, so clients
+    /// meet the slot half moved: ASK and TRYAGAIN), then SETSLOT NODE on every live node. Waits
+    /// until every live node routes the slot to `to`.
+    pub fn move_slot(&self, slot: u16, to: u16, per_step: usize) {
+        let from = self.primary_for_slot(slot);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let id = |port: u16| match command(port, &["CLUSTER", "MYID"]) {
+            Ok(Reply::Bulk(Some(id))) => id,
+            other => panic!("CLUSTER MYID on {port}: {other:?}"),
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_s = slot.to_string();
+        command(to, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]).unwrap();
+        command(from, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]).unwrap();
+        let count = per_step.to_string();
+        loop {
+            let keys = match command(from, &["CLUSTER", "GETKEYSINSLOT", &slot_s, &count]) {
+                Ok(Reply::Array(Some(keys))) => keys,
+                other => panic!("GETKEYSINSLOT on {from}: {other:?}"),
+            };
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    Reply::Bulk(Some(k)) => Some(k),
+                    _ => None,
+                })
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_s = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_s, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            command(from, &args).unwrap();
+        }
+        // The target first, then the source (as redis-cli does), then the other primaries; the
+        // replicas learn it from them.
+        let primaries = self.primaries();
+        let others = primaries.iter().filter(|&&p| p != to && p != from);
+        for &port in [to, from].iter().chain(others) {
+            command(port, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]).unwrap();
+        }
+        self.wait_until("the slot to be served by its new primary", || {
+            for port in self.live() {
+                let v = view(port)?;
+                if v.owner[usize::from(slot)] != to {
+                    return Err(format!("{port} still routes slot {slot} elsewhere"));
+                }
+            }
+            Ok(())
+        });
+    }
+
     /// SIGCONTs the node on `port` paused with [`pause`](Self::pause). Does not wait: the node
     /// catches up with the cluster on its own ([`wait_settled`](Self::wait_settled) waits).
     pub fn resume(&mut self, port: u16) {
