@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 use crate::run::{self, Options};
-use crate::schedule::Schedule;
+use crate::schedule::RedisMode;
 use crate::ticketd::Binary;
 
 /// Exit code when an invariant broke.
@@ -20,8 +20,9 @@ pub const EXIT_HARNESS: u8 = 1;
 /// Exit code for a bad command line (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
-/// Fault injection for ticketd: kills, pauses and restarts Redis and ticketd instances while
-/// buyers buy, then checks that no ticket was sold twice and none was lost.
+/// Fault injection for ticketd: kills, pauses and restarts Redis (or Redis Cluster nodes) and
+/// ticketd instances while buyers buy, then checks that no ticket was sold twice and none was
+/// lost.
 #[derive(Debug, Parser)]
 #[command(name = "chaos")]
 pub struct Args {
@@ -34,6 +35,10 @@ pub struct Args {
     /// The first seed (default: from the clock; it is printed, for replay).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// What the instances store their tickets in: one redis-server, or a Redis Cluster of six
+    /// nodes (three primaries with one replica each) with node faults in the schedules.
+    #[arg(long, value_enum, default_value_t = RedisMode::Single)]
+    pub redis: RedisMode,
     /// ticketd instances (2 or 3).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
     pub instances: u8,
@@ -60,15 +65,18 @@ pub async fn campaign(args: &Args) -> ExitCode {
     });
     let seeds = (0..args.schedules).map(|i| first.saturating_add(i));
     if args.dry_run {
-        let lease = Options::standard(Binary::untested(&args.ticketd), 2, 1)
-            .spec
-            .lease;
+        let options = Options::on(
+            args.redis,
+            Binary::untested(&args.ticketd),
+            args.instances.into(),
+            1,
+        );
         for seed in seeds {
-            print!("{}", Schedule::generate(seed, args.instances.into(), lease));
+            print!("{}", options.schedule(seed));
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = run::require_redis() {
+    if let Err(e) = run::require_redis(args.redis) {
         eprintln!("chaos: {e}");
         return ExitCode::from(EXIT_HARNESS);
     }
@@ -84,14 +92,23 @@ pub async fn campaign(args: &Args) -> ExitCode {
     } else {
         "without --journal-dir (a restarted instance is a new instance)"
     };
+    let on = match args.redis {
+        RedisMode::Single => "one redis-server",
+        RedisMode::Cluster => "a Redis Cluster of 3 primaries and 3 replicas",
+    };
     println!(
-        "chaos: {} {journal}; {} instances, {} buyers, seeds {first}..{}",
+        "chaos: {} {journal}; {on}, {} instances, {} buyers, seeds {first}..{}",
         binary.path.display(),
         args.instances,
         args.buyers,
         first.saturating_add(args.schedules.saturating_sub(1))
     );
-    let mut options = Options::standard(binary, usize::from(args.instances), args.buyers.into());
+    let mut options = Options::on(
+        args.redis,
+        binary,
+        usize::from(args.instances),
+        args.buyers.into(),
+    );
     options.keep_failed = true;
     options.keep_all = args.keep;
 
@@ -107,8 +124,9 @@ pub async fn campaign(args: &Args) -> ExitCode {
             Ok(report) => {
                 println!("{report}");
                 println!(
-                    "replay: chaos --ticketd {} --instances {} --buyers {} --seed {seed} --schedules 1\n",
+                    "replay: chaos --ticketd {} --redis {} --instances {} --buyers {} --seed {seed} --schedules 1\n",
                     args.ticketd.display(),
+                    args.redis,
                     args.instances,
                     args.buyers
                 );

@@ -1,17 +1,23 @@
-//! The system under test: one private redis-server and N ticketd instances in one temporary
-//! directory, with the operations the nemesis needs (kill, restart, pause, resume, each
-//! recorded as a window in the [`FaultLog`]), healing, and the graceful stop at the end.
-//! Dropping it kills everything it started.
+//! The system under test: one private redis-server (or a six-node Redis Cluster) and N ticketd
+//! instances in one temporary directory, with the operations the nemesis needs (kill, restart,
+//! pause, resume; an instance's are recorded as windows in the [`FaultLog`], a node's as notes
+//! in the history), healing, the graceful stop at the end, and reading the final state of every
+//! event. Dropping it kills everything it started.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fred::prelude::ClientLike;
 use tokio::task::JoinHandle;
 
 use crate::error::HarnessError;
 use crate::history::{Clock, FaultLog, Outage};
+use crate::ledger::{self, EventState};
 use crate::redis::RedisServer;
+use crate::redis_cluster::{event_slot, RedisCluster, SETTLE_BOUND, SHARDS};
+use crate::schedule::RedisMode;
 use crate::ticketd::{wait_for, Binary, Instance};
 
 /// Bound on an instance becoming ready (at the start, after a restart, after healing).
@@ -34,6 +40,8 @@ pub struct Spec {
     pub lease: Duration,
     /// `--redis-timeout`.
     pub redis_timeout: Duration,
+    /// One redis-server or a Redis Cluster.
+    pub redis: RedisMode,
 }
 
 impl Spec {
@@ -70,11 +78,20 @@ impl Spec {
     }
 }
 
+/// What the instances store their tickets in.
+#[derive(Debug)]
+pub enum Backend {
+    /// One redis-server.
+    Single(RedisServer),
+    /// Six nodes of a Redis Cluster.
+    Cluster(RedisCluster),
+}
+
 /// Redis and the instances of one run.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The Redis server.
-    pub redis: RedisServer,
+    /// Redis.
+    pub redis: Backend,
     /// The ticketd instances.
     pub instances: Vec<Instance>,
     /// Kill and stop windows, and problems.
@@ -86,6 +103,12 @@ pub struct Cluster {
     killed: Vec<Option<usize>>,
     /// Tasks that wait for restarted instances to answer.
     watchers: Vec<JoinHandle<()>>,
+    /// The Redis Cluster node each shard's node fault killed and has not restarted yet.
+    nodes_down: Vec<Option<usize>>,
+    /// The node each shard's node fault stopped and has not continued yet.
+    nodes_stopped: Vec<Option<usize>>,
+    /// What the nemesis did to Redis Cluster nodes, when: the history's record of node faults.
+    notes: Vec<(Duration, String)>,
     root: tempfile::TempDir,
 }
 
@@ -100,8 +123,30 @@ impl Cluster {
             .prefix("chaos-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
-        let redis = RedisServer::start(&root.path().join("redis")).await?;
-        let args = spec.args(&redis.url());
+        let (redis, url) = match spec.redis {
+            RedisMode::Single => {
+                let redis = RedisServer::start(&root.path().join("redis")).await?;
+                let url = redis.url();
+                (Backend::Single(redis), url)
+            }
+            RedisMode::Cluster => {
+                let redis = RedisCluster::start(&root.path().join("redis-cluster")).await?;
+                let shards: BTreeSet<usize> = spec
+                    .events
+                    .iter()
+                    .map(|(id, _)| redis.shard_of(event_slot(id)))
+                    .collect();
+                if shards.len() != SHARDS {
+                    return Err(HarnessError::Cluster(format!(
+                        "the events {:?} are served by shards {shards:?}, not by every primary",
+                        spec.event_ids()
+                    )));
+                }
+                let url = redis.url();
+                (Backend::Cluster(redis), url)
+            }
+        };
+        let args = spec.args(&url);
         let mut instances = Vec::with_capacity(spec.instances);
         for i in 0..spec.instances {
             let dir = root.path().join(format!("ticketd-{i}"));
@@ -117,6 +162,9 @@ impl Cluster {
             log: FaultLog::default(),
             clock,
             watchers: Vec::new(),
+            nodes_down: vec![None; SHARDS],
+            nodes_stopped: vec![None; SHARDS],
+            notes: Vec::new(),
             root,
         };
         let ids = spec.event_ids();
@@ -166,9 +214,34 @@ impl Cluster {
         self.root.path().to_owned()
     }
 
+    /// The single redis-server; `None` (and a problem recorded) on a cluster, where the
+    /// schedule holds no whole-Redis faults.
+    fn single(&mut self, what: &str) -> Option<&mut RedisServer> {
+        match &mut self.redis {
+            Backend::Single(r) => Some(r),
+            Backend::Cluster(_) => {
+                self.log
+                    .problem(format!("harness: {what} is no fault on a Redis Cluster"));
+                None
+            }
+        }
+    }
+
+    /// The Redis Cluster.
+    fn nodes(&mut self) -> Result<&mut RedisCluster, HarnessError> {
+        match &mut self.redis {
+            Backend::Cluster(c) => Ok(c),
+            Backend::Single(_) => Err(HarnessError::Cluster(
+                "a node fault in a schedule for one redis-server".to_owned(),
+            )),
+        }
+    }
+
     /// SIGKILL Redis.
     pub fn kill_redis(&mut self) {
-        self.redis.kill();
+        if let Some(r) = self.single("SIGKILL Redis") {
+            r.kill();
+        }
     }
 
     /// Restarts Redis on its port and directory.
@@ -176,21 +249,130 @@ impl Cluster {
     /// # Errors
     /// It did not come back.
     pub async fn restart_redis(&mut self) -> Result<(), HarnessError> {
-        self.redis.start_again().await
+        match self.single("restarting Redis") {
+            Some(r) => r.start_again().await,
+            None => Ok(()),
+        }
     }
 
     /// SIGSTOP Redis.
     pub fn pause_redis(&mut self) {
-        if let Err(e) = self.redis.pause() {
+        if let Some(Err(e)) = self.single("SIGSTOP Redis").map(RedisServer::pause) {
             self.log.problem(format!("nemesis: SIGSTOP Redis: {e}"));
         }
     }
 
     /// SIGCONT Redis.
     pub fn resume_redis(&mut self) {
-        if let Err(e) = self.redis.resume() {
+        if let Some(Err(e)) = self.single("SIGCONT Redis").map(RedisServer::resume) {
             self.log.problem(format!("nemesis: SIGCONT Redis: {e}"));
         }
+    }
+
+    /// Records what the nemesis did to a node.
+    fn note(&mut self, what: String) {
+        self.notes.push((self.clock.now(), what));
+    }
+
+    /// What the nemesis did to Redis Cluster nodes, when (for the history).
+    pub fn notes(&self) -> &[(Duration, String)] {
+        &self.notes
+    }
+
+    /// Waits until the Redis Cluster has settled (nothing to wait for on one redis-server).
+    ///
+    /// # Errors
+    /// It did not within [`SETTLE_BOUND`].
+    pub async fn settle(&self) -> Result<(), HarnessError> {
+        if let Backend::Cluster(c) = &self.redis {
+            c.wait_settled(SETTLE_BOUND).await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the node serving `shard` as primary now.
+    ///
+    /// # Errors
+    /// Not a cluster, or no node says which one that is.
+    pub async fn kill_primary(&mut self, shard: usize) -> Result<(), HarnessError> {
+        let nodes = self.nodes()?;
+        let node = nodes
+            .primary_of(shard)
+            .await
+            .map_err(HarnessError::Cluster)?;
+        nodes.kill(node);
+        let name = nodes.name(node);
+        self.nodes_down[shard] = Some(node);
+        self.note(format!("SIGKILL {name}, primary of shard {shard}"));
+        Ok(())
+    }
+
+    /// SIGKILL a node replicating `shard`'s primary now.
+    ///
+    /// # Errors
+    /// Not a cluster, or no node says which one that is.
+    pub async fn kill_replica(&mut self, shard: usize) -> Result<(), HarnessError> {
+        let nodes = self.nodes()?;
+        let node = nodes
+            .replica_of(shard)
+            .await
+            .map_err(HarnessError::Cluster)?;
+        nodes.kill(node);
+        let name = nodes.name(node);
+        self.nodes_down[shard] = Some(node);
+        self.note(format!("SIGKILL {name}, replica of shard {shard}"));
+        Ok(())
+    }
+
+    /// Starts the node killed for `shard` again, on its port and directory.
+    ///
+    /// # Errors
+    /// It did not come back.
+    pub async fn restart_node(&mut self, shard: usize) -> Result<(), HarnessError> {
+        let Some(node) = self.nodes_down[shard].take() else {
+            return Ok(());
+        };
+        let nodes = self.nodes()?;
+        nodes.restart(node).await?;
+        let name = nodes.name(node);
+        self.note(format!("restarted {name} (shard {shard})"));
+        Ok(())
+    }
+
+    /// SIGSTOP the node serving `shard` as primary now.
+    ///
+    /// # Errors
+    /// Not a cluster, no node says which one that is, or the signal failed.
+    pub async fn pause_primary(&mut self, shard: usize) -> Result<(), HarnessError> {
+        let nodes = self.nodes()?;
+        let node = nodes
+            .primary_of(shard)
+            .await
+            .map_err(HarnessError::Cluster)?;
+        nodes
+            .pause(node)
+            .map_err(|e| HarnessError::io(format!("SIGSTOP {}", nodes.name(node)), e))?;
+        let name = nodes.name(node);
+        self.nodes_stopped[shard] = Some(node);
+        self.note(format!("SIGSTOP {name}, primary of shard {shard}"));
+        Ok(())
+    }
+
+    /// SIGCONT the node stopped for `shard`.
+    ///
+    /// # Errors
+    /// The signal failed.
+    pub fn resume_node(&mut self, shard: usize) -> Result<(), HarnessError> {
+        let Some(node) = self.nodes_stopped[shard].take() else {
+            return Ok(());
+        };
+        let nodes = self.nodes()?;
+        nodes
+            .resume(node)
+            .map_err(|e| HarnessError::io(format!("SIGCONT {}", nodes.name(node)), e))?;
+        let name = nodes.name(node);
+        self.note(format!("SIGCONT {name} (shard {shard})"));
+        Ok(())
     }
 
     /// SIGKILL instance `i`; it is out of service until restarted and answering.
@@ -270,17 +452,32 @@ impl Cluster {
         }
     }
 
-    /// Ends every fault: SIGCONT what is stopped, restarts what is dead, and waits until every
-    /// instance answers `/readyz` (a failure to come back is recorded as a problem).
+    /// Ends every fault: SIGCONT what is stopped, restarts what is dead, waits until a Redis
+    /// Cluster has settled, and until every instance answers `/readyz` (an instance's failure
+    /// to come back is recorded as a problem).
     ///
     /// # Errors
-    /// Redis did not come back.
+    /// Redis did not come back, or the cluster did not settle.
     pub async fn heal(&mut self) -> Result<(), HarnessError> {
-        if self.redis.is_stopped() {
-            self.resume_redis();
-        }
-        if !self.redis.is_running() {
-            self.restart_redis().await?;
+        match &mut self.redis {
+            Backend::Single(redis) => {
+                if redis.is_stopped() {
+                    if let Err(e) = redis.resume() {
+                        self.log.problem(format!("nemesis: SIGCONT Redis: {e}"));
+                    }
+                }
+                if !redis.is_running() {
+                    redis.start_again().await?;
+                }
+            }
+            Backend::Cluster(nodes) => {
+                nodes.heal().await?;
+                self.nodes_down.fill(None);
+                self.nodes_stopped.fill(None);
+                self.note("healed: every node runs".to_owned());
+                self.settle().await?;
+                self.note("the cluster has settled".to_owned());
+            }
         }
         for i in 0..self.instances.len() {
             self.note_exit(i);
@@ -336,6 +533,35 @@ impl Cluster {
                 Err(e) => self.log.problem(format!("SIGTERM instance {i}: {e}")),
             }
         }
+    }
+
+    /// Reads the final state of `events` (id, capacity): from the one redis-server, or each
+    /// from the primary that serves its slot now.
+    ///
+    /// # Errors
+    /// A node or server cannot be reached, or a command failed.
+    pub async fn read_states(
+        &self,
+        events: &[(String, u64)],
+    ) -> Result<Vec<EventState>, HarnessError> {
+        let mut states = Vec::with_capacity(events.len());
+        match &self.redis {
+            Backend::Single(redis) => {
+                let client = redis.client().await?;
+                for (id, capacity) in events {
+                    states.push(ledger::read(&client, id, *capacity).await?);
+                }
+                let _ = client.quit().await;
+            }
+            Backend::Cluster(nodes) => {
+                for (id, capacity) in events {
+                    let client = nodes.client_for_slot(event_slot(id)).await?;
+                    states.push(ledger::read(&client, id, *capacity).await?);
+                    let _ = client.quit().await;
+                }
+            }
+        }
+        Ok(states)
     }
 }
 

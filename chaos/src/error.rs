@@ -6,8 +6,8 @@ use std::time::Duration;
 /// A failure of the harness or of its environment.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    /// `redis-server` is not on the PATH.
-    #[error("redis-server must be installed (apt-get install redis-server): {0}")]
+    /// `redis-server` (or for a cluster `redis-cli`) is not on the PATH.
+    #[error("redis-server and redis-cli must be installed (apt-get install redis-server): {0}")]
     RedisMissing(std::io::Error),
     /// redis-server did not answer PING after being started.
     #[error("redis-server did not answer on port {port} within {bound:?}")]
@@ -37,6 +37,10 @@ pub enum HarnessError {
         /// Its log file.
         log: String,
     },
+    /// The Redis Cluster did not form or did not settle (a harness or Redis problem, not
+    /// ticketd's), or a node the nemesis needed could not be found.
+    #[error("Redis Cluster: {0}")]
+    Cluster(String),
     /// Reading the final state out of Redis failed.
     #[error("reading the final state from Redis: {0}")]
     Redis(#[from] fred::error::Error),

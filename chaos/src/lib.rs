@@ -1,11 +1,13 @@
 //! chaos: Jepsen-style fault injection for ticketd. A *generator* of buyers, a *nemesis* that
-//! kills, pauses and restarts Redis and ticketd instances on a schedule built from a seed, and
-//! a *checker* that judges the whole recorded history against the final state in Redis.
+//! kills, pauses and restarts Redis (one server, or the nodes of a Redis Cluster) and ticketd
+//! instances on a schedule built from a seed, and a *checker* that judges the whole recorded
+//! history against the final state in Redis.
 //!
 //! # Layout
 //! - [`process`]: a child process that can be SIGKILLed, SIGSTOPped, SIGCONTed, SIGTERMed, and
 //!   dies with its handle; free ports.
 //! - [`redis`]: the private redis-server (free port, own directory, AOF), restartable.
+//! - [`redis_cluster`]: six of them as a Redis Cluster; nodes by role; settling; slots.
 //! - [`ticketd`]: ticketd instances as child processes (fixed port, log, journal directory).
 //! - [`cluster`]: Redis and the instances of one run; kill/restart/pause windows; heal; stop.
 //! - [`http`]: the keep-alive HTTP/1.1 client.
@@ -33,6 +35,7 @@ pub mod ledger;
 pub mod nemesis;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod run;
 pub mod schedule;
 pub mod ticketd;
@@ -40,5 +43,5 @@ pub mod ticketd;
 pub use checker::{Invariant, Verdict, Violation};
 pub use error::HarnessError;
 pub use run::{run, run_seeds, Options, Report};
-pub use schedule::{Fault, Schedule};
+pub use schedule::{Fault, RedisMode, Schedule};
 pub use ticketd::Binary;

@@ -1,6 +1,8 @@
 //! The nemesis: turns a [`Schedule`] into timed actions on the cluster (SIGKILL, restart,
-//! SIGSTOP, SIGCONT of Redis and of instances, `/metrics` floods) and performs them at their
-//! offsets while the buyers buy.
+//! SIGSTOP, SIGCONT of Redis, of Redis Cluster nodes and of instances, `/metrics` floods) and
+//! performs them at their offsets while the buyers buy. Before a fault that hits a Redis Cluster
+//! node it waits until the cluster has settled from the previous one, and every later fault
+//! moves by the time that took.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -35,6 +37,16 @@ pub enum Action {
     PauseInstance(usize),
     /// SIGCONT an instance.
     ResumeInstance(usize),
+    /// SIGKILL the node serving a shard as primary.
+    KillPrimary(usize),
+    /// SIGKILL a node replicating a shard's primary.
+    KillReplica(usize),
+    /// Start the node killed for a shard again (same port and directory).
+    StartNode(usize),
+    /// SIGSTOP the node serving a shard as primary.
+    PausePrimary(usize),
+    /// SIGCONT the node stopped for a shard.
+    ResumeNode(usize),
     /// Flood every instance with `GET /metrics`.
     Flood {
         /// How long.
@@ -90,48 +102,72 @@ pub fn actions(fault: &Fault) -> Vec<(Duration, Action)> {
             (outage, StartRedis),
             (after + down, StartInstance(instance)),
         ],
+        Fault::PrimaryKill { shard, down } => {
+            vec![
+                (Duration::ZERO, KillPrimary(shard)),
+                (down, StartNode(shard)),
+            ]
+        }
+        Fault::ReplicaKill { shard, down } => {
+            vec![
+                (Duration::ZERO, KillReplica(shard)),
+                (down, StartNode(shard)),
+            ]
+        }
+        Fault::PrimaryPause { shard, pause } => {
+            vec![
+                (Duration::ZERO, PausePrimary(shard)),
+                (pause, ResumeNode(shard)),
+            ]
+        }
     };
     out.sort_by_key(|(at, _)| *at);
     out
 }
 
-/// Performs `schedule` on `cluster`; offsets count from `start` on `clock`. Returns when the
-/// last action is done and every flood has ended.
+/// Performs `schedule` on `cluster`; offsets count from `start` on `clock`, plus the time spent
+/// waiting for a Redis Cluster to settle before a node fault. Returns when the last action is
+/// done and every flood has ended.
 ///
 /// # Errors
-/// Redis did not come back after a restart.
+/// Redis or a cluster node did not come back after a restart, or the cluster did not settle.
 pub async fn run(
     cluster: &mut Cluster,
     schedule: &Schedule,
     clock: Clock,
     start: Duration,
 ) -> Result<(), HarnessError> {
-    let mut timeline: Vec<(Duration, Action)> = schedule
-        .steps
-        .iter()
-        .flat_map(|step| {
-            actions(&step.fault)
-                .into_iter()
-                .map(move |(at, a)| (step.at + at, a))
-        })
-        .collect();
-    timeline.sort_by_key(|(at, _)| *at);
+    let mut late = Duration::ZERO;
     let mut floods = Vec::new();
-    for (at, action) in timeline {
-        tokio::time::sleep_until(clock.at(start + at).into()).await;
-        match action {
-            Action::KillRedis => cluster.kill_redis(),
-            Action::StartRedis => cluster.restart_redis().await?,
-            Action::PauseRedis => cluster.pause_redis(),
-            Action::ResumeRedis => cluster.resume_redis(),
-            Action::KillInstance(i) => cluster.kill_instance(i),
-            Action::StartInstance(i) => cluster.restart_instance(i),
-            Action::PauseInstance(i) => cluster.pause_instance(i),
-            Action::ResumeInstance(i) => cluster.resume_instance(i),
-            Action::Flood {
-                length,
-                connections,
-            } => floods.extend(flood(cluster.addrs(), length, connections)),
+    // Steps do not overlap (schedule.rs), so performing them one after the other keeps every
+    // action at its offset.
+    for step in &schedule.steps {
+        if step.fault.hits_a_node() {
+            tokio::time::sleep_until(clock.at(start + step.at + late).into()).await;
+            cluster.settle().await?;
+            late = late.max(clock.now().saturating_sub(start + step.at));
+        }
+        for (at, action) in actions(&step.fault) {
+            tokio::time::sleep_until(clock.at(start + late + step.at + at).into()).await;
+            match action {
+                Action::KillRedis => cluster.kill_redis(),
+                Action::StartRedis => cluster.restart_redis().await?,
+                Action::PauseRedis => cluster.pause_redis(),
+                Action::ResumeRedis => cluster.resume_redis(),
+                Action::KillInstance(i) => cluster.kill_instance(i),
+                Action::StartInstance(i) => cluster.restart_instance(i),
+                Action::PauseInstance(i) => cluster.pause_instance(i),
+                Action::ResumeInstance(i) => cluster.resume_instance(i),
+                Action::KillPrimary(s) => cluster.kill_primary(s).await?,
+                Action::KillReplica(s) => cluster.kill_replica(s).await?,
+                Action::StartNode(s) => cluster.restart_node(s).await?,
+                Action::PausePrimary(s) => cluster.pause_primary(s).await?,
+                Action::ResumeNode(s) => cluster.resume_node(s)?,
+                Action::Flood {
+                    length,
+                    connections,
+                } => floods.extend(flood(cluster.addrs(), length, connections)),
+            }
         }
     }
     for f in floods {
@@ -200,8 +236,14 @@ mod tests {
 
     #[test]
     fn every_fault_ends_what_it_started() {
-        for seed in 0..100 {
-            let schedule = Schedule::generate(seed, 3, Duration::from_secs(3));
+        let lease = Duration::from_secs(3);
+        let schedules = (0..100).flat_map(|seed| {
+            [
+                Schedule::generate(seed, 3, lease),
+                Schedule::generate_cluster(seed, 3, lease),
+            ]
+        });
+        for schedule in schedules {
             for step in &schedule.steps {
                 let a: Vec<Action> = actions(&step.fault).into_iter().map(|x| x.1).collect();
                 let count = |x: Action| a.iter().filter(|&&y| y == x).count();
@@ -216,6 +258,11 @@ mod tests {
                         count(Action::PauseInstance(i)),
                         count(Action::ResumeInstance(i))
                     );
+                    assert_eq!(
+                        count(Action::KillPrimary(i)) + count(Action::KillReplica(i)),
+                        count(Action::StartNode(i))
+                    );
+                    assert_eq!(count(Action::PausePrimary(i)), count(Action::ResumeNode(i)));
                 }
                 // The last action comes at the fault's end (a flood is one action that lasts).
                 let last = actions(&step.fault).last().map_or(Duration::ZERO, |x| x.0);

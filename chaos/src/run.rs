@@ -1,6 +1,6 @@
-//! One run of one schedule: start Redis and the instances (they seed the events), buy while the
-//! nemesis works, heal everything, sell the events out, stop the instances gracefully, read
-//! Redis, and judge the history.
+//! One run of one schedule: start Redis (one server or a cluster) and the instances (they seed
+//! the events), buy while the nemesis works, heal everything, sell the events out, stop the
+//! instances gracefully, read Redis, and judge the history.
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
@@ -8,16 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::prelude::ClientLike;
-
 use crate::checker::{self, Verdict};
 use crate::cluster::{Cluster, Spec};
 use crate::error::HarnessError;
 use crate::generator::{self, Load};
 use crate::history::{Clock, History, Phase};
-use crate::ledger;
 use crate::nemesis;
-use crate::schedule::Schedule;
+use crate::redis_cluster::{event_slot, SHARDS};
+use crate::schedule::{RedisMode, Schedule};
 use crate::ticketd::Binary;
 
 /// How long the buyers go on after the last fault before healing.
@@ -55,6 +53,7 @@ impl Options {
                 reserve: 100,
                 lease: Duration::from_secs(3),
                 redis_timeout: Duration::from_millis(250),
+                redis: RedisMode::Single,
             },
             load: Load {
                 connections: buyers,
@@ -67,10 +66,57 @@ impl Options {
         }
     }
 
+    /// The standard run on a Redis Cluster of three primaries with one replica each: the same
+    /// capacities, one event on each primary (see [`cluster_events`]).
+    pub fn cluster(binary: Binary, instances: usize, buyers: usize) -> Self {
+        let mut options = Self::standard(binary, instances, buyers);
+        let capacities: Vec<u64> = options.spec.events.iter().map(|e| e.1).collect();
+        options.spec.events = cluster_events(&capacities);
+        options.spec.redis = RedisMode::Cluster;
+        options
+    }
+
+    /// The standard run on `redis`.
+    pub fn on(redis: RedisMode, binary: Binary, instances: usize, buyers: usize) -> Self {
+        match redis {
+            RedisMode::Single => Self::standard(binary, instances, buyers),
+            RedisMode::Cluster => Self::cluster(binary, instances, buyers),
+        }
+    }
+
     /// The schedule of `seed` for these options.
     pub fn schedule(&self, seed: u64) -> Schedule {
-        Schedule::generate(seed, self.spec.instances, self.spec.lease)
+        Schedule::generate_for(self.spec.redis, seed, self.spec.instances, self.spec.lease)
     }
+}
+
+/// The lowest slot of each shard as `redis-cli --cluster create` assigns them to three
+/// primaries (`Cluster::start` checks that the events did land on every primary).
+const SHARD_STARTS: [u16; SHARDS] = [0, 5461, 10923];
+
+/// Events of `capacities` spread over the shards, event `k` on shard `k % 3`: for each, the
+/// first of `a`, `b`, ..., `z`, `a1`, ... not taken whose slot (CRC16 of the id, modulo 16384)
+/// that shard serves. With three events: `b`, `c` and `a`.
+pub fn cluster_events(capacities: &[u64]) -> Vec<(String, u64)> {
+    let shard = |slot: u16| SHARD_STARTS.iter().rposition(|&s| s <= slot).unwrap_or(0);
+    let candidates = (0u32..).map(|i| {
+        let letter = char::from(b'a' + (i % 26) as u8);
+        match i / 26 {
+            0 => letter.to_string(),
+            n => format!("{letter}{n}"),
+        }
+    });
+    let mut events: Vec<(String, u64)> = Vec::with_capacity(capacities.len());
+    for (k, &capacity) in capacities.iter().enumerate() {
+        let id = candidates
+            .clone()
+            .find(|id| {
+                shard(event_slot(id)) == k % SHARDS && events.iter().all(|(taken, _)| taken != id)
+            })
+            .expect("every shard serves some id");
+        events.push((id, capacity));
+    }
+    events
 }
 
 /// What one run found.
@@ -144,12 +190,23 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
     }
     cluster.stop_all().await;
 
-    let client = cluster.redis.client().await?;
-    let mut states = Vec::with_capacity(events.len());
-    for (id, capacity) in &options.spec.events {
-        states.push(ledger::read(&client, id, *capacity).await?);
+    let states = cluster.read_states(&options.spec.events).await?;
+    if options.spec.redis == RedisMode::Cluster {
+        // Every instance came back on its journal and stopped gracefully: each took back the
+        // reserves held back for it and then handed them to the pool (as tests/cluster.rs
+        // asserts; with one Redis, builds without --journal-dir leave reserves held back).
+        for s in &states {
+            if s.held_total() > 0 || s.reserved() > 0 {
+                cluster.log.problem(format!(
+                    "event {}: after the graceful stop of every instance, {} tickets are held back and {} left in reserves {:?}",
+                    s.id,
+                    s.held_total(),
+                    s.reserved(),
+                    s.reserves.keys().collect::<Vec<_>>()
+                ));
+            }
+        }
     }
-    let _ = client.quit().await;
 
     let (windows, problems) = cluster.log.snapshot();
     let history = History {
@@ -161,7 +218,7 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
     let verdict = checker::check(&history, &states);
     let kept = if options.keep_all || (!verdict.passed() && options.keep_failed) {
         let dir = cluster.dir();
-        let _ = std::fs::write(dir.join("history.txt"), dump(&history));
+        let _ = std::fs::write(dir.join("history.txt"), dump(&history, cluster.notes()));
         let _ = std::fs::write(dir.join("schedule.txt"), schedule.to_string());
         Some(cluster.keep_dir())
     } else {
@@ -176,9 +233,12 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
     })
 }
 
-/// The history as text, one request or window per line, by time.
-fn dump(history: &History) -> String {
+/// The history as text, one request, window or node fault per line, by time.
+fn dump(history: &History, notes: &[(Duration, String)]) -> String {
     let mut out = String::new();
+    for (at, what) in notes {
+        let _ = writeln!(out, "nemesis {:.3} {what}", at.as_secs_f64());
+    }
     for w in &history.windows {
         let _ = writeln!(
             out,
@@ -291,14 +351,20 @@ pub async fn run_seeds(options: &Options, seeds: &[u64]) -> Result<Vec<Report>, 
     Ok(reports)
 }
 
-/// Checks that `redis-server` can be run.
+/// Checks that `redis-server` (and for a cluster `redis-cli`, which forms it) can be run.
 ///
 /// # Errors
 /// [`HarnessError::RedisMissing`].
-pub fn require_redis() -> Result<(), HarnessError> {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map(|_| ())
-        .map_err(HarnessError::RedisMissing)
+pub fn require_redis(redis: RedisMode) -> Result<(), HarnessError> {
+    let programs: &[&str] = match redis {
+        RedisMode::Single => &["redis-server"],
+        RedisMode::Cluster => &["redis-server", "redis-cli"],
+    };
+    for program in programs {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .map_err(HarnessError::RedisMissing)?;
+    }
+    Ok(())
 }

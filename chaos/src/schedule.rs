@@ -3,12 +3,20 @@
 //! killed or paused, an instance killed or paused, each shorter and longer than the reserve
 //! lease; a `/metrics` scrape flood) and the compound faults that hit the fallback's weak spots
 //! (an instance paused right after a Redis outage; an instance killed during one).
+//!
+//! On a Redis Cluster ([`RedisMode::Cluster`]) the Redis faults are node faults instead: a
+//! shard's primary killed (its replica takes over; the node comes back later as a replica), a
+//! replica killed and restarted, a primary paused shorter or longer than the cluster node
+//! timeout; the instance faults stay.
 
 use std::fmt;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::redis::CLUSTER_NODE_TIMEOUT;
+use crate::redis_cluster::SHARDS;
 
 /// Where the first fault starts: buyers and heartbeats are going by then.
 const FIRST_FAULT: Duration = Duration::from_secs(1);
@@ -28,6 +36,36 @@ pub const FAULT_KINDS: [&str; 10] = [
     "outage-then-pause",
     "kill-during-outage",
 ];
+
+/// The label of every kind of fault a cluster schedule can hold.
+pub const CLUSTER_FAULT_KINDS: [&str; 7] = [
+    "primary-kill",
+    "replica-kill",
+    "primary-pause<timeout",
+    "primary-pause>timeout",
+    "instance-kill",
+    "instance-pause<lease",
+    "instance-pause>lease",
+];
+
+/// What the instances store their tickets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RedisMode {
+    /// One redis-server.
+    #[default]
+    Single,
+    /// A Redis Cluster of six nodes: three primaries with one replica each.
+    Cluster,
+}
+
+impl fmt::Display for RedisMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+        })
+    }
+}
 
 /// Connections of a scrape flood.
 const FLOOD_CONNECTIONS: usize = 64;
@@ -90,6 +128,29 @@ pub enum Fault {
         /// How long the instance stays down.
         down: Duration,
     },
+    /// SIGKILL the node serving `shard` as primary (its replica takes over after the node
+    /// timeout); restart it on its port and directory after `down` (it rejoins as a replica).
+    PrimaryKill {
+        /// Which shard (numbered by lowest slot).
+        shard: usize,
+        /// How long the node stays down.
+        down: Duration,
+    },
+    /// SIGKILL a node replicating `shard`'s primary, restart it after `down`.
+    ReplicaKill {
+        /// Which shard.
+        shard: usize,
+        /// How long the node stays down.
+        down: Duration,
+    },
+    /// SIGSTOP the node serving `shard` as primary, SIGCONT after `pause`: shorter than the
+    /// cluster node timeout it stays primary, longer its replica takes over.
+    PrimaryPause {
+        /// Which shard.
+        shard: usize,
+        /// How long it is stopped.
+        pause: Duration,
+    },
 }
 
 /// A fault at an offset from the start of the faults.
@@ -110,6 +171,8 @@ pub struct Schedule {
     pub instances: usize,
     /// The reserve lease it was built around.
     pub lease: Duration,
+    /// One Redis or a cluster.
+    pub redis: RedisMode,
     /// The steps, by offset; they do not overlap.
     pub steps: Vec<Step>,
 }
@@ -135,7 +198,18 @@ impl Fault {
                 down,
                 ..
             } => outage.max(after + down),
+            Fault::PrimaryKill { down, .. } | Fault::ReplicaKill { down, .. } => down,
+            Fault::PrimaryPause { pause, .. } => pause,
         }
+    }
+
+    /// Whether it kills or stops a Redis Cluster node (the nemesis waits for the cluster to
+    /// settle before one).
+    pub fn hits_a_node(&self) -> bool {
+        matches!(
+            self,
+            Fault::PrimaryKill { .. } | Fault::ReplicaKill { .. } | Fault::PrimaryPause { .. }
+        )
     }
 
     /// A short name; pauses and outages say whether they outlast the lease (`>lease`).
@@ -149,6 +223,16 @@ impl Fault {
             Fault::ScrapeFlood { .. } => "scrape-flood".to_owned(),
             Fault::OutageThenPause { .. } => "outage-then-pause".to_owned(),
             Fault::KillDuringOutage { .. } => "kill-during-outage".to_owned(),
+            Fault::PrimaryKill { .. } => "primary-kill".to_owned(),
+            Fault::ReplicaKill { .. } => "replica-kill".to_owned(),
+            Fault::PrimaryPause { pause, .. } => {
+                let vs = if pause > CLUSTER_NODE_TIMEOUT {
+                    ">timeout"
+                } else {
+                    "<timeout"
+                };
+                format!("primary-pause{vs}")
+            }
         }
     }
 }
@@ -168,7 +252,17 @@ fn around_lease(rng: &mut ChaCha8Rng, lease: f64) -> Duration {
 }
 
 impl Schedule {
-    /// The schedule of `seed` for `instances` instances and a reserve lease of `lease`.
+    /// The schedule of `seed` for `instances` instances, a reserve lease of `lease` and Redis
+    /// in `redis` mode.
+    pub fn generate_for(redis: RedisMode, seed: u64, instances: usize, lease: Duration) -> Self {
+        match redis {
+            RedisMode::Single => Self::generate(seed, instances, lease),
+            RedisMode::Cluster => Self::generate_cluster(seed, instances, lease),
+        }
+    }
+
+    /// The schedule of `seed` for `instances` instances and a reserve lease of `lease`, on one
+    /// Redis.
     pub fn generate(seed: u64, instances: usize, lease: Duration) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let l = lease.as_secs_f64();
@@ -222,6 +316,59 @@ impl Schedule {
             seed,
             instances: n,
             lease,
+            redis: RedisMode::Single,
+            steps,
+        }
+    }
+
+    /// The schedule of `seed` on a Redis Cluster: node faults of a random shard, and the
+    /// instance faults.
+    pub fn generate_cluster(seed: u64, instances: usize, lease: Duration) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let l = lease.as_secs_f64();
+        let timeout = CLUSTER_NODE_TIMEOUT.as_secs_f64();
+        let n = instances.max(1);
+        let mut steps = Vec::new();
+        let mut at = FIRST_FAULT;
+        while at < LENGTH {
+            let instance = rng.random_range(0..n);
+            let shard = rng.random_range(0..SHARDS);
+            let fault = match rng.random_range(0..10) {
+                // Down until well after the failover (about 2.5 to 4 s), so that the node comes
+                // back as a replica of the promoted one.
+                0 | 1 => Fault::PrimaryKill {
+                    shard,
+                    down: secs(&mut rng, 5.0, 7.0),
+                },
+                2 | 3 => Fault::ReplicaKill {
+                    shard,
+                    down: secs(&mut rng, 0.5, 1.3 * l),
+                },
+                4 | 5 => Fault::PrimaryPause {
+                    shard,
+                    pause: if rng.random_bool(0.5) {
+                        secs(&mut rng, 0.3, 0.8 * timeout)
+                    } else {
+                        secs(&mut rng, 1.5 * timeout, 3.5 * timeout)
+                    },
+                },
+                6 | 7 => Fault::InstanceKill {
+                    instance,
+                    down: secs(&mut rng, 0.3, 1.3 * l),
+                },
+                _ => Fault::InstancePause {
+                    instance,
+                    pause: around_lease(&mut rng, l),
+                },
+            };
+            steps.push(Step { at, fault });
+            at += fault.duration() + secs(&mut rng, 1.0, 2.0);
+        }
+        Self {
+            seed,
+            instances: n,
+            lease,
+            redis: RedisMode::Cluster,
             steps,
         }
     }
@@ -302,15 +449,34 @@ impl fmt::Display for Fault {
                 Secs(after),
                 Secs(down)
             ),
+            Fault::PrimaryKill { shard, down } => write!(
+                f,
+                "SIGKILL the primary of shard {shard}, restart that node after {}",
+                Secs(down)
+            ),
+            Fault::ReplicaKill { shard, down } => write!(
+                f,
+                "SIGKILL the replica of shard {shard}, restart it after {}",
+                Secs(down)
+            ),
+            Fault::PrimaryPause { shard, pause } => write!(
+                f,
+                "SIGSTOP the primary of shard {shard}, SIGCONT after {}",
+                Secs(pause)
+            ),
         }
     }
 }
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = match self.redis {
+            RedisMode::Single => "",
+            RedisMode::Cluster => "Redis Cluster, ",
+        };
         writeln!(
             f,
-            "schedule of seed {} ({} instances, lease {}, {} faults):",
+            "schedule of seed {} ({on}{} instances, lease {}, {} faults):",
             self.seed,
             self.instances,
             Secs(self.lease),
@@ -368,6 +534,37 @@ mod tests {
             }
             assert!(s.end() < LENGTH + Duration::from_secs(8), "{s}");
         }
+    }
+
+    #[test]
+    fn cluster_schedules_are_deterministic_and_stay_in_bounds() {
+        for seed in 0..200 {
+            let s = Schedule::generate_cluster(seed, 2, LEASE);
+            assert_eq!(s, Schedule::generate_cluster(seed, 2, LEASE));
+            assert!(!s.steps.is_empty());
+            for pair in s.steps.windows(2) {
+                assert!(pair[0].at + pair[0].fault.duration() < pair[1].at, "{s}");
+            }
+            for step in &s.steps {
+                match step.fault {
+                    Fault::PrimaryKill { shard, .. }
+                    | Fault::ReplicaKill { shard, .. }
+                    | Fault::PrimaryPause { shard, .. } => assert!(shard < SHARDS),
+                    Fault::InstanceKill { instance, .. }
+                    | Fault::InstancePause { instance, .. } => assert!(instance < 2),
+                    other => panic!("{other:?} in a cluster schedule"),
+                }
+            }
+            assert!(s.end() < LENGTH + Duration::from_secs(8), "{s}");
+        }
+        let labels: std::collections::BTreeSet<String> = (0..200)
+            .flat_map(|seed| Schedule::generate_cluster(seed, 2, LEASE).labels())
+            .collect();
+        assert_eq!(
+            labels,
+            CLUSTER_FAULT_KINDS.map(str::to_owned).into(),
+            "every cluster fault kind, and only those"
+        );
     }
 
     #[test]
