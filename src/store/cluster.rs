@@ -15,6 +15,7 @@
 //! (design.md says what that does to batches in flight).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ struct ShardStore {
     key: Mutex<u16>,
     /// `host:port` of the primary the pool talks to.
     primary: Mutex<String>,
+    /// Whether the layout gives it slots now (a resharding can take all of them away).
+    serving: std::sync::atomic::AtomicBool,
     store: ResilientStore,
 }
 
@@ -223,6 +226,9 @@ impl Inner {
                 *shards[i].key.lock() = shard.key;
             }
         }
+        for (store, shard) in shards.iter().zip(&by_number) {
+            store.serving.store(shard.is_some(), Ordering::Relaxed);
+        }
         // A resharding moves slots between shards: the reserve state of each moved event (its
         // reserve and the fallback sales not yet in the ledger) goes along, so the new shard
         // settles those sales instead of selling their tickets again.
@@ -303,6 +309,7 @@ impl Inner {
         shards.push(Arc::new(ShardStore {
             key: Mutex::new(shard.key),
             primary: Mutex::new(shard.primary.clone()),
+            serving: std::sync::atomic::AtomicBool::new(true),
             store,
         }));
         Some(shards.len() - 1)
@@ -439,7 +446,8 @@ impl Store for ClusterStore {
     }
 
     async fn ready(&self) -> bool {
-        let shards: Vec<Arc<ShardStore>> = self.inner.shards.read().clone();
+        let mut shards: Vec<Arc<ShardStore>> = self.inner.shards.read().clone();
+        shards.retain(|s| s.serving.load(Ordering::Relaxed));
         !shards.is_empty()
             && futures_util::future::join_all(shards.iter().map(|s| s.store.ready()))
                 .await
