@@ -80,6 +80,9 @@ pub struct EventKeys {
     /// `event:{id}:stale`: SET of tickets a late settlement recorded as sold while they sat in
     /// the pool (after an operator's release); skipped when popped.
     pub stale: Key,
+    /// `event:{id}:fence`: a counter written right before a `WAIT`, so that the WAIT covers
+    /// every earlier write of the node (only with `--redis-replica-acks` above 0).
+    pub fence: Key,
 }
 
 impl EventKeys {
@@ -94,7 +97,17 @@ impl EventKeys {
             reserved: Key::from(format!("event:{{{id}}}:reserved")),
             held: Key::from(format!("event:{{{id}}}:held")),
             stale: Key::from(format!("event:{{{id}}}:stale")),
+            fence: Key::from(format!("event:{{{id}}}:fence")),
         }
+    }
+
+    /// The fence key in the slot of `key` (`event:{id}:...` gives `event:{id}:fence`).
+    pub fn fence_of(key: &Key) -> Option<Key> {
+        let k = key.as_bytes();
+        let end = k.iter().position(|&b| b == b'}')?;
+        let mut fence = k[..=end].to_vec();
+        fence.extend_from_slice(b":fence");
+        Some(Key::from(bytes::Bytes::from(fence)))
     }
 
     /// `event:{id}:reserve:<instance>`: LIST of the tickets `instance` holds back for when Redis

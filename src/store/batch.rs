@@ -174,7 +174,9 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     let mut unreplicated = None;
     if cx.replica_acks > 0 && replies.is_ok() {
         let left = cx.timeout.saturating_sub(started.elapsed());
-        if let Err(e) = crate::store::redis::replicated(client, cx.replica_acks, left).await {
+        let fence = &orders[batches[0].0.start].event.keys.fence;
+        if let Err(e) = crate::store::redis::replicated(client, fence, cx.replica_acks, left).await
+        {
             unreplicated = Some(e);
         }
     }
@@ -198,7 +200,10 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
             Ok(reply) => answer(batch, &reply, id, cx),
             Err(e) => {
                 outage |= e.is_outage();
-                if !e.never_ran() {
+                // Redis refusing a call before running it (MOVED, CLUSTERDOWN...) proves it
+                // sold nothing only when nothing was re-sent: fred re-sends nothing when
+                // replicas must acknowledge (the cluster's setting).
+                if !(e.never_ran() && cx.replica_acks > 0) {
                     // The call may have run: make the batch void, whatever it sold.
                     cx.cancels.void(&batch[0].event, id, batch.len() as u64);
                 }

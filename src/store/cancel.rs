@@ -120,6 +120,29 @@ impl Cancels {
         self.inner.wake.notify_one();
     }
 
+    /// Takes out the queued cancellations of events `keep` rejects (a resharding moved them to
+    /// another shard), for [`Cancels::adopt`] there. One the worker is sending now comes back to
+    /// the queue if refused, and goes at the next call.
+    pub fn take_foreign(&self, keep: impl Fn(&Event) -> bool) -> Vec<PendingCancel> {
+        let mut queue = self.inner.queue.lock();
+        let (foreign, mine): (VecDeque<PendingCancel>, VecDeque<PendingCancel>) =
+            queue.drain(..).partition(|p| !keep(&p.event));
+        *queue = mine;
+        self.inner.pending.fetch_sub(foreign.len() as u64, Relaxed);
+        foreign.into()
+    }
+
+    /// Queues cancellations another shard's queue gave up ([`Cancels::take_foreign`]); they were
+    /// journaled when first queued.
+    pub fn adopt(&self, cancels: Vec<PendingCancel>) {
+        if cancels.is_empty() {
+            return;
+        }
+        self.inner.pending.fetch_add(cancels.len() as u64, Relaxed);
+        self.inner.queue.lock().extend(cancels);
+        self.inner.wake.notify_one();
+    }
+
     /// Cancellations queued and not yet done.
     pub fn pending(&self) -> u64 {
         self.inner.pending.load(Relaxed)
@@ -206,9 +229,14 @@ async fn work(
         // A cancellation counts once the replicas hold it: one a failover forgot would leave
         // its tickets sold to nobody on the new primary. Cancelling again is harmless.
         let held = !results.iter().any(|r| matches!(r, Ok(Ok(_))))
-            || crate::store::redis::replicated(client, replica_acks, bound)
-                .await
-                .is_ok();
+            || crate::store::redis::replicated(
+                client,
+                &batch[0].event.keys.fence,
+                replica_acks,
+                bound,
+            )
+            .await
+            .is_ok();
         let mut retry = Vec::new();
         for (mut p, r) in batch.into_iter().zip(results) {
             match r {
@@ -218,6 +246,10 @@ async fn work(
                     done(&inner, &p);
                     tracing::debug!(batch = ?p.batch, purchases = p.purchases, returned, "purchases sold to nobody made void");
                 }
+                // Refused before it ran (this node no longer serves the slot, the cluster
+                // fails over): not a refusal of the cancellation; it goes to whichever store
+                // serves the event once the layout is read again.
+                Ok(Err(e)) if StoreError::Redis(e.clone()).never_ran() => retry.push(p),
                 Ok(Err(e)) if !StoreError::Redis(e.clone()).is_outage() => {
                     p.refusals += 1;
                     if p.refusals < MAX_REFUSALS {

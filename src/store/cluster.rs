@@ -73,6 +73,9 @@ struct Inner {
     journal: Journal,
     /// Journal records of the previous run not yet given to the shard that serves their event.
     recovered: Mutex<Vec<Record>>,
+    /// The journal party that holds every segment back until each of those records is with
+    /// its shard's store (shards join one by one).
+    startup: usize,
     table: Arc<SlotTable>,
     /// By shard number (the [`SlotTable`]'s); a shard is never removed, only left without slots.
     shards: RwLock<Vec<Arc<ShardStore>>>,
@@ -101,7 +104,9 @@ impl ClusterStore {
         recovered: Vec<Record>,
         connect: Duration,
     ) -> Self {
+        let startup = journal.join();
         let inner = Arc::new(Inner {
+            startup,
             options,
             catalog,
             metrics,
@@ -218,7 +223,7 @@ impl Inner {
                 matched[t] = self.add(shard).await;
             }
         }
-        let shards = self.shards.read();
+        let shards: Vec<Arc<ShardStore>> = self.shards.read().clone();
         let mut by_number: Vec<Option<&Shard>> = vec![None; shards.len()];
         for (t, shard) in topology.shards.iter().enumerate() {
             if let Some(i) = matched[t] {
@@ -226,39 +231,85 @@ impl Inner {
                 *shards[i].key.lock() = shard.key;
             }
         }
-        for (store, shard) in shards.iter().zip(&by_number) {
-            store.serving.store(shard.is_some(), Ordering::Relaxed);
-        }
         // A resharding moves slots between shards: the reserve state of each moved event (its
-        // reserve and the fallback sales not yet in the ledger) goes along, so the new shard
-        // settles those sales instead of selling their tickets again.
+        // reserve, the fallback sales not yet in the ledger, its queued cancellations) goes
+        // along, so the new shard settles those sales instead of selling their tickets again.
         let serving = |slot: u16| {
             by_number
                 .iter()
                 .position(|s| s.is_some_and(|s| s.serves(slot)))
         };
-        for event in self.catalog.events() {
-            let (Some(from), Some(to)) = (self.table.shard_of(event.slot), serving(event.slot))
-            else {
-                continue;
-            };
-            if from != to {
-                let (a, b) = (&shards[from].store, &shards[to].store);
-                let moved = a.shared().reserves.write().remove(&*event.id);
-                if let Some(er) = moved {
-                    b.shared().reserves.write().insert(event.id.clone(), er);
-                }
-                let owed: Vec<_> = {
-                    let mut recovered = a.shared().recovered.lock();
-                    let (mine, rest) = recovered.drain(..).partition(|r| r.event == event.id);
-                    *recovered = rest;
-                    mine
-                };
-                b.shared().recovered.lock().extend(owed);
-                tracing::info!(event = %event.id, from = %a.shared().label, to = %b.shared().label, "RESHARDED: this event is served by another shard now");
+        let moves: Vec<(usize, usize, Arc<Event>)> = self
+            .catalog
+            .events()
+            .into_iter()
+            .filter_map(|e| {
+                let from = self.table.shard_of(e.slot)?;
+                let to = serving(e.slot)?;
+                (from != to).then_some((from, to, e))
+            })
+            .collect();
+        // Both supervisors stay out while their reserves change hands and the routing changes.
+        let mut involved: Vec<usize> = moves.iter().flat_map(|m| [m.0, m.1]).collect();
+        involved.sort_unstable();
+        involved.dedup();
+        let mut held = Vec::with_capacity(involved.len());
+        for &i in &involved {
+            held.push(shards[i].store.shared().work.lock().await);
+        }
+        for (from, to, event) in &moves {
+            let (a, b) = (shards[*from].store.shared(), shards[*to].store.shared());
+            let moved = a.reserves.write().remove(&*event.id);
+            if let Some(er) = moved {
+                b.reserves.write().insert(event.id.clone(), er);
             }
+            let owed: Vec<_> = {
+                let mut recovered = a.recovered.lock();
+                let (mine, rest) = recovered.drain(..).partition(|r| r.event == event.id);
+                *recovered = rest;
+                mine
+            };
+            b.recovered.lock().extend(owed);
+            b.takeovers.fetch_add(1, Ordering::AcqRel);
+            self.journal.reset(b.party);
+            tracing::info!(event = %event.id, from = %a.label, to = %b.label, "RESHARDED: this event is served by another shard now");
         }
         self.table.set(&by_number);
+        drop(held);
+        for (store, shard) in shards.iter().zip(&by_number) {
+            let now = shard.is_some();
+            let was = store.serving.swap(now, Ordering::AcqRel);
+            let s = store.store.shared();
+            if now && !was {
+                // Serving again: what it sells from now on is owed again.
+                s.takeovers.fetch_add(1, Ordering::AcqRel);
+                self.journal.reset(s.party);
+            } else if !now && !s.owes() {
+                self.journal.release(s.party); // no slots, nothing owed: holds nothing back
+            }
+        }
+        // Cancellations queued on a shard that no longer serves their event go to the one that
+        // does (the refused ones come back to the queue, so this runs every time).
+        for (i, store) in shards.iter().enumerate() {
+            let foreign = store
+                .store
+                .redis_cancels()
+                .take_foreign(|e| self.table.shard_of(e.slot) == Some(i));
+            for p in foreign {
+                match self
+                    .table
+                    .shard_of(p.event.slot)
+                    .and_then(|n| shards.get(n))
+                {
+                    Some(owner) => owner.store.redis_cancels().adopt(vec![p]),
+                    None => store.store.redis_cancels().adopt(vec![p]),
+                }
+            }
+        }
+        if self.recovered.lock().is_empty() {
+            // Every record of the previous run is with the shard that settles it.
+            self.journal.release(self.startup);
+        }
     }
 
     /// Starts serving `shard`: a pool on its primary and a store with the journal records of
@@ -274,7 +325,8 @@ impl Inner {
             Ok(Ok(()))
         );
         if connected {
-            check_durability(pool.next(), &shard.label()).await;
+            let (client, label) = (pool.next().clone(), shard.label());
+            tokio::spawn(async move { check_durability(&client, &label).await });
         }
         let number = self.shards.read().len();
         let scope = Scope::Shard {
@@ -355,8 +407,20 @@ fn pool_for(options: &RedisOptions, node: &str, size: usize) -> Result<Pool, fre
     build_pool(&o)
 }
 
-/// `CLUSTER SLOTS` of the node behind `client` (at `node`), within [`ASK_BOUND`].
+/// `CLUSTER SLOTS` of the node behind `client` (at `node`), within [`ASK_BOUND`]. A node that
+/// says the cluster is failing is not asked: cut off from the majority, it still shows the
+/// layout from before a failover.
 async fn slots_of(client: &fred::clients::Client, node: &str) -> Option<Topology> {
+    let info: String = tokio::time::timeout(
+        ASK_BOUND,
+        client.custom(fred::cmd!("CLUSTER"), vec!["INFO"]),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if !info.contains("cluster_state:ok") {
+        return None;
+    }
     let reply: Value = tokio::time::timeout(
         ASK_BOUND,
         client.custom(fred::cmd!("CLUSTER"), vec!["SLOTS"]),
@@ -401,7 +465,8 @@ impl Store for ClusterStore {
             return (StorePath::Redis, Err(StoreError::NotConnected));
         };
         let (path, result) = shard.store.purchase(event).await;
-        if path == StorePath::Fallback || result.is_err() {
+        let moved_or_down = |e: &StoreError| e.is_outage() || e.never_ran();
+        if path == StorePath::Fallback || result.as_ref().is_err_and(moved_or_down) {
             // The shard failed, or its node no longer serves the slot: read the layout now
             // rather than within a second (a failover, a resharding).
             self.inner.wake.notify_one();

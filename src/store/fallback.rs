@@ -119,6 +119,9 @@ pub struct Shared {
     pub label: Box<str>,
     /// This store's number among the parties settling from the journal.
     pub party: usize,
+    /// Bumped when this store takes over another's unsettled sales: the journal marks the
+    /// supervisor queued before no longer say everything it owes is settled.
+    pub takeovers: AtomicU64,
 }
 
 impl Shared {
@@ -135,6 +138,7 @@ impl Shared {
     ) -> Self {
         let party = journal.join();
         Self {
+            takeovers: AtomicU64::new(0),
             scope,
             label,
             party,
@@ -162,6 +166,11 @@ impl Shared {
     /// Milliseconds since the store started (monotonic).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A fence key in a slot this store serves (for [`RedisStore::ready`]), if it serves any.
+    pub fn fence(&self) -> Option<fred::types::Key> {
+        self.events().first().map(|e| e.keys.fence.clone())
     }
 
     /// The events of the catalogue this store serves now.
@@ -256,6 +265,7 @@ impl Shared {
         if !client.is_connected() {
             return Err(StoreError::NotConnected);
         }
+        let keys_fence = keys.first().and_then(EventKeys::fence_of);
         let bound = self.call_bound();
         let started = std::time::Instant::now();
         let reply = match tokio::time::timeout(
@@ -271,8 +281,11 @@ impl Shared {
         };
         // What a reserve's upkeep wrote (a claim, a settlement) is acted on only once the
         // replicas hold it: a failover must not undo it behind this instance's back.
-        let left = bound.saturating_sub(started.elapsed());
-        self.redis.replicated(&client, left).await?;
+        if self.redis.replica_acks() > 0 {
+            let fence = keys_fence.ok_or_else(|| StoreError::Protocol("no event key".into()))?;
+            let left = bound.saturating_sub(started.elapsed());
+            self.redis.replicated(&client, &fence, left).await?;
+        }
         Ok(reply)
     }
 

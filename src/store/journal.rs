@@ -166,6 +166,18 @@ impl Journal {
         parties.len() - 1
     }
 
+    /// Party `party` owes nothing any more, whatever is journaled (a shard that serves no
+    /// slots): it no longer holds segments back.
+    pub fn release(&self, party: usize) {
+        self.forget_for(party, u64::MAX);
+    }
+
+    /// Party `party` took over records it has not settled (a resharding handed it another
+    /// shard's unsettled sales): until it reports again, it holds every segment back.
+    pub fn reset(&self, party: usize) {
+        self.parties.lock()[party] = None;
+    }
+
     /// Party `party` settled every record of its own up to segment `through`: the segments every
     /// party let go of are removed.
     pub fn forget_for(&self, party: usize, through: u64) {

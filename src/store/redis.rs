@@ -18,7 +18,7 @@ use fred::error::{Error, ErrorKind};
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, ListInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, UnresponsiveConfig};
-use fred::types::Value;
+use fred::types::{Key, Value};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
@@ -96,30 +96,45 @@ impl PoolCell {
     }
 }
 
-/// Waits until `acks` replicas hold every write sent on `client` so far (`WAIT`), at most
-/// `bound`. Nothing to wait for when `acks` is 0.
+/// Waits until `acks` replicas hold everything this Redis wrote so far, at most `bound`: first a
+/// write on `client` in `fence`'s slot (`INCR`), then `WAIT` on the same connection. WAIT counts
+/// from the connection's own last write, and a call that found its work done already (a settle
+/// or a cancellation repeated after a failed WAIT) writes nothing; the fence makes the WAIT
+/// cover every earlier write, from any connection, since the replication stream is one ordered
+/// log. Nothing to wait for when `acks` is 0.
 ///
 /// # Errors
-/// [`StoreError::NotReplicated`] when fewer replicas acknowledged within the bound; the
-/// client's error, or the bound.
-pub async fn replicated(client: &Client, acks: u32, bound: Duration) -> Result<(), StoreError> {
+/// [`StoreError::NotReplicated`] when fewer replicas acknowledged within the bound, or when the
+/// fence or the WAIT failed (the connection broke, the bound passed).
+pub async fn replicated(
+    client: &Client,
+    fence: &Key,
+    acks: u32,
+    bound: Duration,
+) -> Result<(), StoreError> {
     if acks == 0 {
         return Ok(());
     }
-    // Redis's own timeout a little inside ours, so that a slow replica reads as "not
-    // replicated" rather than as a lost connection.
+    let not = |acked: u32| StoreError::NotReplicated {
+        acked,
+        wanted: acks,
+    };
+    // One write and the WAIT, pipelined on this connection: Redis runs them in order.
     let redis_ms = (bound.as_millis() as i64 * 4 / 5).max(1);
-    let args: Vec<Value> = vec![i64::from(acks).into(), redis_ms.into()];
-    let got = timeout(bound, client.custom::<i64, Value>(fred::cmd!("WAIT"), args))
+    let pipeline = client.pipeline();
+    let _: () = pipeline.incr(fence.clone()).await.map_err(|_| not(0))?;
+    let wait: Vec<Value> = vec![i64::from(acks).into(), redis_ms.into()];
+    let _: () = pipeline
+        .custom(fred::cmd!("WAIT"), wait)
         .await
-        .map_err(|_| StoreError::Timeout(bound))??;
-    if got >= i64::from(acks) {
-        Ok(())
-    } else {
-        Err(StoreError::NotReplicated {
-            acked: got.max(0) as u32,
-            wanted: acks,
-        })
+        .map_err(|_| not(0))?;
+    match timeout(bound, pipeline.all::<Vec<Value>>()).await {
+        Ok(Ok(replies)) => match replies.get(1).and_then(Value::as_i64) {
+            Some(got) if got >= i64::from(acks) => Ok(()),
+            Some(got) => Err(not(got.max(0) as u32)),
+            None => Err(not(0)),
+        },
+        _ => Err(not(0)),
     }
 }
 
@@ -159,7 +174,10 @@ pub fn build_pool(options: &RedisOptions) -> Result<Pool, Error> {
         .with_connection_config(|c: &mut ConnectionConfig| {
             c.connection_timeout = Duration::from_secs(1);
             c.internal_command_timeout = Duration::from_secs(1);
-            c.max_command_attempts = 2;
+            // A command fred re-sends after a reconnect runs on a new connection, where a WAIT
+            // covers nothing written before: with replicas to wait for, nothing is re-sent
+            // (a lost answer makes the batch void instead, as any unknown outcome does).
+            c.max_command_attempts = if options.replica_acks > 0 { 1 } else { 2 };
             c.tcp.nodelay = Some(true);
             c.unresponsive = UnresponsiveConfig {
                 max_timeout: Some(slow),
@@ -252,12 +270,23 @@ impl RedisStore {
         self.pool.replace(pool)
     }
 
-    /// Waits until the configured number of replicas hold every write sent on `client`.
+    /// Waits until the configured number of replicas hold everything Redis wrote so far, with
+    /// a fence write in `fence`'s slot.
     ///
     /// # Errors
     /// See [`replicated`].
-    pub async fn replicated(&self, client: &Client, bound: Duration) -> Result<(), StoreError> {
-        replicated(client, self.replica_acks, bound).await
+    pub async fn replicated(
+        &self,
+        client: &Client,
+        fence: &Key,
+        bound: Duration,
+    ) -> Result<(), StoreError> {
+        replicated(client, fence, self.replica_acks, bound).await
+    }
+
+    /// Replicas that must hold a write before it counts.
+    pub fn replica_acks(&self) -> u32 {
+        self.replica_acks
     }
 
     /// This process's instance id (16 hex digits).
@@ -360,17 +389,22 @@ impl RedisStore {
     }
 
     /// Whether every pooled connection is up, Redis answers a PING within the timeout, and as
-    /// many replicas as writes need are connected and caught up.
-    pub async fn ready(&self) -> bool {
+    /// many replicas as writes need acknowledge a write (in the slot of `fence`, a key of an
+    /// event this store serves; none: the PING only).
+    pub async fn ready(&self, fence: Option<&Key>) -> bool {
         let pool = self.pool.get();
         if !pool.clients().iter().all(ClientLike::is_connected) {
             return false;
         }
         let client = pool.next();
-        matches!(
+        let pinged = matches!(
             timeout(self.timeout, client.ping::<Value>(None)).await,
             Ok(Ok(_))
-        ) && self.replicated(client, self.timeout).await.is_ok()
+        );
+        match fence {
+            Some(fence) if pinged => self.replicated(client, fence, self.timeout).await.is_ok(),
+            _ => pinged,
+        }
     }
 }
 

@@ -132,6 +132,11 @@ impl ResilientStore {
         &self.shared
     }
 
+    /// The queue of cancellations (a resharding moves an event's to its new shard).
+    pub fn redis_cancels(&self) -> &crate::store::cancel::Cancels {
+        self.shared.redis.cancels()
+    }
+
     /// Sells from the reserve while Redis is failing.
     async fn sell_from_reserve(&self, event: &Event) -> Result<Sale, StoreError> {
         let s = &self.shared;
@@ -273,7 +278,7 @@ impl Store for ResilientStore {
     }
 
     async fn ready(&self) -> bool {
-        !self.shared.in_fallback() && self.shared.redis.ready().await
+        !self.shared.in_fallback() && self.shared.redis.ready(self.shared.fence().as_ref()).await
     }
 
     fn name(&self) -> &'static str {

@@ -53,8 +53,8 @@ pub async fn run(s: Arc<Shared>) {
     let mut watch = LeaseWatch::new(s.options.lease, gap);
     let mut backoff = Duration::from_millis(50);
     let errors = Throttle::new(Duration::from_secs(10));
-    // Journal marks whose segments were all settled, and since when.
-    let mut settled: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    // Journal marks whose segments were all settled, since when, and under which takeover count.
+    let mut settled: std::collections::VecDeque<(u64, Instant, u64)> = Default::default();
     loop {
         if s.stopping.load(Ordering::Acquire) {
             return;
@@ -62,7 +62,7 @@ pub async fn run(s: Arc<Shared>) {
         if s.in_fallback() {
             watch.forget_all();
             tokio::time::sleep(backoff).await;
-            if !s.redis.ready().await {
+            if !s.redis.ready(s.fence().as_ref()).await {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
@@ -116,14 +116,18 @@ pub async fn run(s: Arc<Shared>) {
             watch.prune(Instant::now());
             match maintain_all(&s, &scripts, &mut watch, &errors).await {
                 Ok(()) => {
+                    let takeovers = s.takeovers.load(Ordering::Acquire);
+                    // Sales taken over from another shard since a mark was queued may sit in
+                    // its segments: such marks are dropped.
+                    settled.retain(|&(_, _, t)| t == takeovers);
                     if let Some(mark) = mark {
-                        let newer = settled.back().is_none_or(|&(m, _)| m < mark);
+                        let newer = settled.back().is_none_or(|&(m, _, _)| m < mark);
                         if newer && !s.owes() && s.redis.pending_cancels() == 0 {
-                            settled.push_back((mark, Instant::now()));
+                            settled.push_back((mark, Instant::now(), takeovers));
                         }
                     }
                     let mut through = None;
-                    while let Some(&(mark, since)) = settled.front() {
+                    while let Some(&(mark, since, _)) = settled.front() {
                         if since.elapsed() < FORGET_AFTER {
                             break;
                         }
@@ -165,6 +169,9 @@ async fn maintain_all(
     for event in s.events() {
         if s.in_fallback() || s.stopping.load(Ordering::Acquire) {
             return Ok(());
+        }
+        if !s.scope.owns(&event) {
+            continue; // a resharding moved it to another shard meanwhile
         }
         let result = match maintain(s, scripts, &event).await {
             Ok(()) => watch_leases(s, scripts, &event, watch).await,
