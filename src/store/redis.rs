@@ -388,22 +388,29 @@ impl RedisStore {
             .collect())
     }
 
-    /// Whether every pooled connection is up, Redis answers a PING within the timeout, and as
-    /// many replicas as writes need acknowledge a write (in the slot of `fence`, a key of an
-    /// event this store serves; none: the PING only).
+    /// Whether every pooled connection is up, Redis answers a read of `fence` (a key in the
+    /// slot of an event this store serves; none: a PING) within the timeout, and as many
+    /// replicas as writes need acknowledge a write there. A read, not a PING: Redis answers
+    /// PING while it is still loading its data after a restart, and refuses everything else.
     pub async fn ready(&self, fence: Option<&Key>) -> bool {
         let pool = self.pool.get();
         if !pool.clients().iter().all(ClientLike::is_connected) {
             return false;
         }
         let client = pool.next();
-        let pinged = matches!(
-            timeout(self.timeout, client.ping::<Value>(None)).await,
-            Ok(Ok(_))
-        );
+        let answered = match fence {
+            Some(fence) => {
+                let read = client.exists::<i64, _>(fence.clone());
+                matches!(timeout(self.timeout, read).await, Ok(Ok(_)))
+            }
+            None => matches!(
+                timeout(self.timeout, client.ping::<Value>(None)).await,
+                Ok(Ok(_))
+            ),
+        };
         match fence {
-            Some(fence) if pinged => self.replicated(client, fence, self.timeout).await.is_ok(),
-            _ => pinged,
+            Some(fence) if answered => self.replicated(client, fence, self.timeout).await.is_ok(),
+            _ => answered,
         }
     }
 }
