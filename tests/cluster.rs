@@ -102,6 +102,51 @@ fn unique_tickets(tally: &Tally, more: Vec<(String, String)>) -> HashMap<String,
     by_event
 }
 
+/// The end of a test: every request answered, no ticket twice (the load's and `more`), the
+/// instances stopped gracefully (exit 0), and for every event, read from the primary serving
+/// it now: the ledger invariants, nothing held back or left in a reserve, every ticket sold
+/// exactly once. Returns both instances' logs.
+async fn stop_and_check(
+    cluster: &RedisCluster,
+    instances: [TicketdProcess; 2],
+    tally: &Tally,
+    more: Vec<(String, String)>,
+    ids: &[String],
+    capacity: impl Fn(&str) -> u64,
+) -> String {
+    assert_eq!(
+        tally.connection_errors, 0,
+        "every request gets an HTTP answer"
+    );
+    assert_eq!(tally.unfinished, 0, "every event sold out in time");
+    let received = unique_tickets(tally, more);
+    let mut log = String::new();
+    for mut t in instances {
+        t.signal("TERM");
+        assert_eq!(t.wait(), Some(0), "{}", t.log_text());
+        log += &t.log_text();
+    }
+    for id in ids {
+        let r = node(cluster.primary_for_slot(key_slot(&format!("{{{id}}}")))).await;
+        let got = received.get(id).cloned().unwrap_or_default();
+        let state = ledger::check(&r, id, capacity(id), &got).await;
+        assert_eq!(state.held_back(), 0, "event {id}: nothing held back");
+        assert_eq!(state.reserved(), 0, "event {id}: every reserve handed back");
+        let nobody: Vec<String> = state
+            .sold
+            .iter()
+            .filter(|(t, _)| !got.contains(*t))
+            .map(|(t, r)| format!("{t} {r}"))
+            .collect();
+        assert_eq!(
+            got.len() as u64,
+            capacity(id),
+            "event {id}: every ticket sold, once; sold to nobody: {nobody:?}\n{log}"
+        );
+    }
+    log
+}
+
 /// The replica of one primary stops and loses its link; the primary sells on and is killed; the
 /// replica, which never received those sales, takes over. Buyers hear of a sale only once a
 /// replica holds it (`--redis-replica-acks`, 1 on a cluster), so the buyers of that window were
@@ -183,53 +228,11 @@ async fn primary_killed_after_answering(extra: &[&str]) {
         .await
         .expect("bounded")
         .unwrap();
-    assert_eq!(
-        tally.connection_errors, 0,
-        "every request gets an HTTP answer"
-    );
-    assert_eq!(tally.unfinished, 0, "every event sold out in time");
-    let received = unique_tickets(&tally, probed);
-    let a_log = {
-        let mut a = a;
-        let mut b = b;
-        a.signal("TERM");
-        b.signal("TERM");
-        assert_eq!(a.wait(), Some(0));
-        assert_eq!(b.wait(), Some(0));
-        a.log_text() + &b.log_text()
-    };
+    let log = stop_and_check(&cluster, [a, b], &tally, probed, &ids, capacity).await;
     assert!(
-        a_log.contains("REDIS CLUSTER FAILOVER"),
-        "the failover was seen: {a_log}"
+        log.contains("REDIS CLUSTER FAILOVER"),
+        "the failover was seen: {log}"
     );
-    for id in &ids {
-        let primary = cluster.primary_for_slot(key_slot(&format!("{{{id}}}")));
-        let r = node(primary).await;
-        let got = received.get(id).cloned().unwrap_or_default();
-        let state = ledger::check(&r, id, capacity(id), &got).await;
-        assert_eq!(
-            state.held_back(),
-            0,
-            "event {id}: nothing held back after a graceful stop"
-        );
-        assert_eq!(
-            state.reserved(),
-            0,
-            "event {id}: every reserve handed back at the graceful stop"
-        );
-        let nobody: Vec<String> = state
-            .sold
-            .iter()
-            .filter(|(t, _)| !got.contains(*t))
-            .map(|(t, r)| format!("{t} {r}"))
-            .collect();
-        assert_eq!(
-            got.len() as u64,
-            capacity(id),
-            "event {id}: every ticket sold, once; sold to nobody: {nobody:?}\n{}",
-            a_log
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,33 +278,9 @@ async fn an_event_moved_to_another_primary_under_load_sells_each_ticket_once() {
         .await
         .expect("bounded")
         .unwrap();
-    assert_eq!(
-        tally.connection_errors, 0,
-        "every request gets an HTTP answer"
-    );
-    assert_eq!(tally.unfinished, 0, "every event sold out in time");
-    let received = unique_tickets(&tally, Vec::new());
-    let log = {
-        let (mut a, mut b) = (a, b);
-        a.signal("TERM");
-        b.signal("TERM");
-        assert_eq!(a.wait(), Some(0));
-        assert_eq!(b.wait(), Some(0));
-        a.log_text() + &b.log_text()
-    };
+    let log = stop_and_check(&cluster, [a, b], &tally, Vec::new(), &ids, |_| DOOMED).await;
     assert!(
         log.contains("RESHARDED"),
         "both instances followed the slot: {log}"
     );
-    for id in &ids {
-        let r = node(cluster.primary_for_slot(key_slot(&format!("{{{id}}}")))).await;
-        let got = received.get(id).cloned().unwrap_or_default();
-        let state = ledger::check(&r, id, DOOMED, &got).await;
-        assert_eq!(state.reserved(), 0, "event {id}: every reserve handed back");
-        assert_eq!(
-            got.len() as u64,
-            DOOMED,
-            "event {id}: every ticket sold, once"
-        );
-    }
 }
