@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
+use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::event::Event;
 use crate::metrics::{Metrics, Outcome};
 use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYPE};
+use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
 use crate::store::{Sale, Store};
@@ -88,6 +90,26 @@ impl<S: Store> App<S> {
 
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle<B>(&self, req: Request<B>) -> HttpResponse {
+        if crate::otel::enabled() {
+            // Boxed: the traced path must not size the request future of the untraced one.
+            return Box::pin(self.handle_traced(req)).await;
+        }
+        self.answer(req).await
+    }
+
+    /// [`App::handle`] inside a server span that continues the caller's trace.
+    async fn handle_traced<B>(&self, req: Request<B>) -> HttpResponse {
+        let span = spans::request(
+            req.method(),
+            &route(req.method(), req.uri().path()),
+            req.headers(),
+        );
+        let response = self.answer(req).instrument(span.clone()).await;
+        spans::record_response(&span, response.status());
+        response
+    }
+
+    async fn answer<B>(&self, req: Request<B>) -> HttpResponse {
         let m = &self.inner.metrics;
         let _in_flight = m.request_started();
         let r = route(req.method(), req.uri().path());
@@ -134,10 +156,18 @@ impl<S: Store> App<S> {
 
     async fn buy(&self, event: Arc<Event>) -> HttpResponse {
         let started = Instant::now();
-        let (path, result) = self.inner.store.purchase(&event).await;
+        let span = crate::otel::enabled().then(|| spans::purchase(&event));
+        let (path, result) = match &span {
+            None => self.inner.store.purchase(&event).await,
+            Some(span) => {
+                Box::pin(self.inner.store.purchase(&event))
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         let took = started.elapsed();
-        let (outcome, response) = match result {
-            Ok(Sale::Sold { ticket, remaining }) => {
+        let (outcome, response) = match &result {
+            &Ok(Sale::Sold { ticket, remaining }) => {
                 event.metrics.set_remaining(remaining);
                 tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
                 (Outcome::Sold, response::sale(&event, ticket, remaining))
@@ -152,6 +182,9 @@ impl<S: Store> App<S> {
             // The store logged the cause (rate-limited); the buyer may retry.
             Err(_) => (Outcome::Unavailable, ApiError::Unavailable.into_response()),
         };
+        if let Some(span) = &span {
+            spans::record_purchase(span, &event, path, outcome, &result);
+        }
         event.metrics.record(outcome);
         self.inner.metrics.record_purchase(path, outcome, took);
         response
