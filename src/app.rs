@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
+use opentelemetry::Context;
 use tracing::Instrument;
 
 use crate::catalog::Catalog;
@@ -91,19 +92,17 @@ impl<S: Store> App<S> {
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle<B>(&self, req: Request<B>) -> HttpResponse {
         if crate::otel::enabled() {
-            // Boxed: the traced path must not size the request future of the untraced one.
-            return Box::pin(self.handle_traced(req)).await;
+            if let Some(parent) = crate::otel::sampling::decide(req.headers()) {
+                // Boxed: the traced path must not size the request future of the untraced one.
+                return Box::pin(self.handle_traced(req, parent)).await;
+            }
         }
         self.answer(req).await
     }
 
-    /// [`App::handle`] inside a server span that continues the caller's trace.
-    async fn handle_traced<B>(&self, req: Request<B>) -> HttpResponse {
-        let span = spans::request(
-            req.method(),
-            &route(req.method(), req.uri().path()),
-            req.headers(),
-        );
+    /// [`App::handle`] inside a server span, a child of the caller's span if there is one.
+    async fn handle_traced<B>(&self, req: Request<B>, parent: Option<Context>) -> HttpResponse {
+        let span = spans::request(req.method(), &route(req.method(), req.uri().path()), parent);
         let response = self.answer(req).instrument(span.clone()).await;
         spans::record_response(&span, response.status());
         response
@@ -156,7 +155,7 @@ impl<S: Store> App<S> {
 
     async fn buy(&self, event: Arc<Event>) -> HttpResponse {
         let started = Instant::now();
-        let span = crate::otel::enabled().then(|| spans::purchase(&event));
+        let span = spans::in_trace().then(|| spans::purchase(&event));
         let (path, result) = match &span {
             None => self.inner.store.purchase(&event).await,
             Some(span) => {

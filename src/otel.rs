@@ -12,10 +12,12 @@
 //! # Layout
 //! - [`export`]: the bounded queue's drop counter and the rate-limited export warning.
 //! - [`propagation`]: W3C Trace Context read from request headers.
+//! - [`sampling`]: whether a request is traced, decided before any span is built.
 //! - [`spans`]: the spans themselves (request, purchase, script call, fallback sale).
 
 pub mod export;
 pub mod propagation;
+pub mod sampling;
 pub mod spans;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -99,9 +101,17 @@ impl Tracing {
         let batch = BatchSpanProcessor::new(export::Watched::new(exporter, queued.clone()), config);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(export::Bounded::new(batch, queued))
-            .with_sampler(sampler(args))
+            .with_sampler(sampling::EdgeSampler {
+                inner: sampler(args),
+            })
             .with_resource(resource())
             .build();
+        sampling::install(sampling::Head {
+            kind: args
+                .trace_sampler
+                .unwrap_or(SamplerKind::ParentBasedTraceIdRatio),
+            ratio: args.trace_sampler_arg.unwrap_or(DEFAULT_RATIO),
+        });
         ON.store(true, Relaxed);
         Ok(Some(Self { provider, endpoint }))
     }

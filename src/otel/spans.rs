@@ -21,20 +21,18 @@ use crate::metrics::{Outcome, StorePath};
 use crate::router::Route;
 use crate::store::{Sale, StoreError};
 
-/// The server span of one request, a child of the caller's span when `traceparent` names one.
-pub fn request(method: &Method, route: &Route<'_>, headers: &http::HeaderMap) -> Span {
-    let (template, event) = match route {
-        Route::Buy(id) => ("/buy/:eventId", Some(*id)),
-        Route::BadEventId => ("/buy/:eventId", None),
-        Route::Healthz => ("/healthz", None),
-        Route::Readyz => ("/readyz", None),
-        Route::Metrics => ("/metrics", None),
-        Route::MethodNotAllowed(_) | Route::NotFound => ("", None),
-    };
-    let name = if template.is_empty() {
-        method.as_str().to_owned()
-    } else {
-        format!("{method} {template}")
+/// The server span of one request the edge decided to trace ([`super::sampling::decide`]), a
+/// child of `parent`, the caller's span, when there is one.
+pub fn request(method: &Method, route: &Route<'_>, parent: Option<Context>) -> Span {
+    // Static names: no allocation per request. The method is the route's (a HEAD on
+    // /healthz is named GET; `http.request.method` says HEAD).
+    let (name, template, event) = match route {
+        Route::Buy(id) => ("POST /buy/:eventId", "/buy/:eventId", Some(*id)),
+        Route::BadEventId => ("POST /buy/:eventId", "/buy/:eventId", None),
+        Route::Healthz => ("GET /healthz", "/healthz", None),
+        Route::Readyz => ("GET /readyz", "/readyz", None),
+        Route::Metrics => ("GET /metrics", "/metrics", None),
+        Route::MethodNotAllowed(_) | Route::NotFound => ("HTTP", "", None),
     };
     let span = tracing::info_span!(
         target: TARGET,
@@ -46,10 +44,18 @@ pub fn request(method: &Method, route: &Route<'_>, headers: &http::HeaderMap) ->
         ticketd.event = event,
         http.response.status_code = Empty,
     );
-    if let Some(parent) = super::propagation::remote_parent(headers) {
+    if let Some(parent) = parent {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Whether the current task runs inside a traced request: then its work gets spans too.
+pub fn in_trace() -> bool {
+    super::enabled()
+        && Span::current()
+            .metadata()
+            .is_some_and(|m| m.target() == TARGET)
 }
 
 /// Records the answer of `request`: its status, and an error status for a 5xx.
@@ -101,6 +107,9 @@ pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
 
 /// The span context of the current span when it is sampled: what a batch links to.
 pub fn current_link() -> Option<Box<SpanContext>> {
+    if !in_trace() {
+        return None;
+    }
     let cx = Span::current().context();
     let span = cx.span();
     let sc = span.span_context();

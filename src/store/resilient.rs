@@ -155,7 +155,7 @@ impl ResilientStore {
     /// hears of it. `None`: nothing left to sell. A sale the journal could not write stays
     /// recorded (it is settled as sold to nobody), and the buyer gets `503`.
     async fn take(&self, er: &EventReserve, reserve: &Reserve) -> Option<Result<u64, StoreError>> {
-        if !crate::otel::enabled() {
+        if !crate::otel::spans::in_trace() {
             return self.take_untraced(er, reserve).await;
         }
         let span = crate::otel::spans::fallback_sale(&er.event);
