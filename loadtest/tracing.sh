@@ -15,6 +15,8 @@
 #   BASELINE_BIN    a build without tracing to compare with (optional)
 #   LOADTEST_BIN    the load tester, SINK_BIN the OTLP sink (default: release builds)
 #   CONNECTIONS=256  EVENTS=4  REQUESTS=200000  ROUNDS=3
+#   RATIOS="0.01 1"  the sampling ratios measured beside "off" (0 measures tracing on with
+#                    nothing sampled: what the on-but-unsampled path costs)
 # Prints one markdown row per round and setting, then the medians and their ratios to "off".
 # Needs redis-server, redis-cli, curl, jq.
 set -euo pipefail
@@ -24,6 +26,7 @@ CONNECTIONS=${CONNECTIONS:-256}
 EVENTS=${EVENTS:-4}
 REQUESTS=${REQUESTS:-200000}
 ROUNDS=${ROUNDS:-3}
+RATIOS=${RATIOS:-"0.01 1"}
 
 . loadtest/common.sh
 need tracing.sh redis-server redis-cli curl jq
@@ -101,8 +104,9 @@ echo "|---|---:|---:|---:|---:|---:|"
 for round in $(seq 1 "$ROUNDS"); do
   [ -n "${BASELINE_BIN:-}" ] && measure no-tracing-build "$BASELINE_BIN" ""
   measure off "$TICKETD" ""
-  measure ratio-0.01 "$TICKETD" 0.01
-  measure ratio-1 "$TICKETD" 1
+  for ratio in $RATIOS; do
+    measure "ratio-$ratio" "$TICKETD" "$ratio"
+  done
 done
 
 echo
@@ -113,8 +117,7 @@ echo "|---|---:|---:|---:|---:|"
 median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 off_rps=$(awk '$1=="off"{print $2}' "$RESULTS" | median)
 off_cpu=$(awk '$1=="off"{print $3}' "$RESULTS" | median)
-for label in no-tracing-build off ratio-0.01 ratio-1; do
-  grep -q "^$label " "$RESULTS" || continue
+for label in $(awk '!seen[$1]++ {print $1}' "$RESULTS"); do
   rps=$(awk -v l="$label" '$1==l{print $2}' "$RESULTS" | median)
   cpu=$(awk -v l="$label" '$1==l{print $3}' "$RESULTS" | median)
   awk -v l="$label" -v r="$rps" -v c="$cpu" -v r0="$off_rps" -v c0="$off_cpu" \

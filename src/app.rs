@@ -14,12 +14,12 @@ use tracing::Instrument;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::event::Event;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, StorePath};
 use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYPE};
 use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
-use crate::store::{Sale, Store};
+use crate::store::{Sale, Store, StoreError};
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -154,22 +154,46 @@ impl<S: Store> App<S> {
     }
 
     async fn buy(&self, event: Arc<Event>) -> HttpResponse {
+        if spans::in_trace() {
+            // Boxed, like the traced request: the untraced purchase future stays as it was.
+            return Box::pin(self.buy_traced(event)).await;
+        }
         let started = Instant::now();
-        let span = spans::in_trace().then(|| spans::purchase(&event));
-        let (path, result) = match &span {
-            None => self.inner.store.purchase(&event).await,
-            Some(span) => {
-                Box::pin(self.inner.store.purchase(&event))
-                    .instrument(span.clone())
-                    .await
-            }
-        };
+        let (path, result) = self.inner.store.purchase(&event).await;
+        self.answer_purchase(&event, path, result, started.elapsed())
+            .1
+    }
+
+    /// [`App::buy`] inside a `purchase` span that records what the store decided.
+    async fn buy_traced(&self, event: Arc<Event>) -> HttpResponse {
+        let span = spans::purchase(&event);
+        let started = Instant::now();
+        let (path, result) = self
+            .inner
+            .store
+            .purchase(&event)
+            .instrument(span.clone())
+            .await;
         let took = started.elapsed();
-        let (outcome, response) = match &result {
-            &Ok(Sale::Sold { ticket, remaining }) => {
+        let recorded = result.clone();
+        let (outcome, response) = self.answer_purchase(&event, path, result, took);
+        spans::record_purchase(&span, &event, path, outcome, &recorded);
+        response
+    }
+
+    /// Records what the store decided for one purchase and answers it.
+    fn answer_purchase(
+        &self,
+        event: &Arc<Event>,
+        path: StorePath,
+        result: Result<Sale, StoreError>,
+        took: Duration,
+    ) -> (Outcome, HttpResponse) {
+        let (outcome, response) = match result {
+            Ok(Sale::Sold { ticket, remaining }) => {
                 event.metrics.set_remaining(remaining);
                 tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
-                (Outcome::Sold, response::sale(&event, ticket, remaining))
+                (Outcome::Sold, response::sale(event, ticket, remaining))
             }
             Ok(Sale::SoldOut) => {
                 event.metrics.set_remaining(0);
@@ -181,12 +205,9 @@ impl<S: Store> App<S> {
             // The store logged the cause (rate-limited); the buyer may retry.
             Err(_) => (Outcome::Unavailable, ApiError::Unavailable.into_response()),
         };
-        if let Some(span) = &span {
-            spans::record_purchase(span, &event, path, outcome, &result);
-        }
         event.metrics.record(outcome);
         self.inner.metrics.record_purchase(path, outcome, took);
-        response
+        (outcome, response)
     }
 
     async fn readyz(&self) -> HttpResponse {

@@ -49,7 +49,10 @@ pub fn init(format: LogFormat, tracing: Option<&Tracing>) -> WorkerGuard {
         .with_target(false)
         .with_level(false)
         .with_tracked_inactivity(false)
-        .with_filter(Targets::new().with_target(crate::otel::TARGET, Level::TRACE));
+        // INFO, the level of every trace span: a TRACE here would raise the process-wide
+        // maximum level, and with it `log`'s, so that every trace line of the Redis client would
+        // be formatted into a record and filtered per call (measured: 1 us per purchase).
+        .with_filter(Targets::new().with_target(crate::otel::TARGET, Level::INFO));
     tracing_subscriber::registry()
         .with(log.with_filter(filter))
         .with(spans)

@@ -78,6 +78,8 @@ async fn a_purchase_continues_the_callers_trace() {
     assert_eq!(purchase.attr("ticketd.store.path"), Some("memory"));
     assert_eq!(purchase.attr("ticketd.outcome"), Some("sold"));
     assert_eq!(purchase.attr("ticketd.ticket"), Some(ticket.as_str()));
+    // Tracing on turned on no debug log: the per-purchase DEBUG line is not there.
+    assert!(!t.log_text().contains("latency_us"), "{}", t.log_text());
 
     // The caller decided not to sample: nothing of that request is exported.
     let before = otlp.spans().len();
