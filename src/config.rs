@@ -156,9 +156,8 @@ pub struct ServeArgs {
     pub trace: TraceArgs,
 }
 
-/// Distributed tracing settings, under the standard OpenTelemetry variable names. The service
-/// name comes from `OTEL_SERVICE_NAME` (default `ticketd`), other resource attributes from
-/// `OTEL_RESOURCE_ATTRIBUTES`, the export queue from `OTEL_BSP_*`.
+/// Distributed tracing settings, under the standard OpenTelemetry variable names. Other
+/// resource attributes come from `OTEL_RESOURCE_ATTRIBUTES`, the export queue from `OTEL_BSP_*`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TraceArgs {
     /// OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318); spans go to its /v1/traces.
@@ -175,6 +174,10 @@ pub struct TraceArgs {
     /// Ratio of traces the *traceidratio samplers record, 0 to 1 [default: 0.01].
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio, value_name = "RATIO")]
     pub trace_sampler_arg: Option<f64>,
+    /// The `service.name` of the spans [default: ticketd, unless OTEL_RESOURCE_ATTRIBUTES
+    /// names one].
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
 }
 
 /// The standard OpenTelemetry samplers (`OTEL_TRACES_SAMPLER`).

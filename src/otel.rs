@@ -104,7 +104,7 @@ impl Tracing {
             .with_sampler(sampling::EdgeSampler {
                 inner: sampler(args),
             })
-            .with_resource(resource())
+            .with_resource(resource(args))
             .build();
         sampling::install(sampling::Head {
             kind: args
@@ -164,15 +164,22 @@ fn sampler(args: &TraceArgs) -> Sampler {
     }
 }
 
-/// `service.name` from `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`, else `ticketd`; the
-/// other attributes of `OTEL_RESOURCE_ATTRIBUTES` and the SDK's own.
-fn resource() -> Resource {
-    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
-            v.split(',')
-                .any(|kv| kv.trim().starts_with("service.name="))
-        });
+/// `service.name` from `OTEL_SERVICE_NAME` (`--otel-service-name`) or `OTEL_RESOURCE_ATTRIBUTES`,
+/// else `ticketd`; the other attributes of `OTEL_RESOURCE_ATTRIBUTES` and the SDK's own.
+fn resource(args: &TraceArgs) -> Resource {
     let builder = Resource::builder();
+    if let Some(name) = args
+        .otel_service_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        return builder.with_service_name(name.to_owned()).build();
+    }
+    let named = std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+        v.split(',')
+            .any(|kv| kv.trim().starts_with("service.name="))
+    });
     if named {
         builder.build()
     } else {
