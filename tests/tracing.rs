@@ -255,3 +255,53 @@ async fn sigterm_exports_what_is_queued_before_exit() {
     let spans = otlp.spans();
     assert_eq!(named(&spans, "POST /buy/:eventId").len(), 1, "{spans:#?}");
 }
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_and_never_holds_up_a_purchase() {
+    // A collector that takes the connection and never answers: the first export hangs, the
+    // two-span queue stays full.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER_ARG", "1"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let t = TicketdProcess::spawn(
+        &[
+            "--store",
+            "memory",
+            "--events",
+            "1=50",
+            "--stats-interval",
+            "0",
+        ],
+        &env,
+    )
+    .await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let a = c.buy("1").await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "purchase {i}: {}", a.text());
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "purchases waited for the exporter: {:?}",
+        started.elapsed()
+    );
+    let m = t.metrics_json().await;
+    let dropped = m["tracing"]["spans_dropped"].as_u64().unwrap();
+    assert!(dropped >= 90, "{m}");
+    let text = support::http::request(t.addr, Method::GET, "/metrics")
+        .await
+        .text();
+    let in_text: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ticketd_trace_spans_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-spans counter in {text}"));
+    assert!(in_text >= dropped, "{in_text} < {dropped}");
+    drop(silent);
+}
