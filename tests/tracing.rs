@@ -305,3 +305,68 @@ async fn a_full_queue_drops_and_counts_and_never_holds_up_a_purchase() {
     assert!(in_text >= dropped, "{in_text} < {dropped}");
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_fallback_sale_is_in_the_purchase_trace() {
+    let mut redis = RedisServer::start();
+    let otlp = OtlpReceiver::start().await;
+    let url = redis.url();
+    let t = traced(
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            &url,
+            "--events",
+            "f=100",
+            "--fallback-reserve",
+            "20",
+        ],
+        &otlp.endpoint(),
+        "0",
+    )
+    .await;
+    t.wait_ready().await;
+    t.wait_until(
+        |a| a.json()["fallback"]["reserved"]["f"] == 20,
+        "/metrics?format=json",
+    )
+    .await;
+    redis.kill();
+    let a = buy_with(t.addr, "f", &traceparent(true)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let spans = otlp
+        .wait_for("the fallback sale's span", |s| {
+            !named(s, "fallback sale").is_empty() && !named(s, "purchase").is_empty()
+        })
+        .await;
+    let purchase = named(&spans, "purchase")[0];
+    assert_eq!(purchase.attr("ticketd.store.path"), Some("fallback"));
+    let sale = named(&spans, "fallback sale")[0];
+    assert_eq!(sale.trace_id, TRACE_ID);
+    assert_eq!(sale.parent_span_id, purchase.span_id);
+    assert_eq!(sale.attr("ticketd.ticket"), purchase.attr("ticketd.ticket"));
+    assert!(sale.attr("ticketd.ticket").is_some(), "{sale:#?}");
+}
+
+#[tokio::test]
+async fn background_work_has_its_own_traces_at_the_ratio() {
+    let redis = RedisServer::start();
+    let otlp = OtlpReceiver::start().await;
+    let url = redis.url();
+    let _t = traced(
+        &["--store", "redis", "--redis-url", &url, "--events", "b=100"],
+        &otlp.endpoint(),
+        "1",
+    )
+    .await;
+    let spans = otlp
+        .wait_for("a reserve claim's span", |s| {
+            !named(s, "claim reserve").is_empty()
+        })
+        .await;
+    let claim = named(&spans, "claim reserve")[0];
+    assert_eq!(claim.parent_span_id, "", "a root of its own: {claim:#?}");
+    assert_eq!(claim.attr("ticketd.event"), Some("b"));
+    assert_eq!(claim.service, "ticketd");
+}
