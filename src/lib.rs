@@ -22,7 +22,8 @@
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
 //! - [`stats`]: the periodic purchase-statistics log line.
 //! - [`otel`]: distributed tracing (OpenTelemetry spans over OTLP), free when off.
-//! - [`telemetry`]: logging set-up (and the trace layer beside it); [`throttle`]: rate-limited logging; [`shutdown`]: signals.
+//! - [`telemetry`]: logging set-up (and the trace layer beside it); [`throttle`]: rate-limited
+//!   logging; [`shutdown`]: signals.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
