@@ -97,18 +97,19 @@ impl<S: Store> App<S> {
                 return Box::pin(self.handle_traced(req, parent)).await;
             }
         }
-        self.answer(req).await
+        self.answer(req, false).await
     }
 
     /// [`App::handle`] inside a server span, a child of the caller's span if there is one.
     async fn handle_traced<B>(&self, req: Request<B>, parent: Option<Context>) -> HttpResponse {
         let span = spans::request(req.method(), &route(req.method(), req.uri().path()), parent);
-        let response = self.answer(req).instrument(span.clone()).await;
+        let response = self.answer(req, true).instrument(span.clone()).await;
         spans::record_response(&span, response.status());
         response
     }
 
-    async fn answer<B>(&self, req: Request<B>) -> HttpResponse {
+    /// Answers `req`; `traced`: inside a request span, so a purchase gets its span too.
+    async fn answer<B>(&self, req: Request<B>, traced: bool) -> HttpResponse {
         let m = &self.inner.metrics;
         let _in_flight = m.request_started();
         let r = route(req.method(), req.uri().path());
@@ -121,7 +122,7 @@ impl<S: Store> App<S> {
                     // for the next request instead of allocating another while this purchase
                     // waits on Redis (design.md, Measurements).
                     drop(req);
-                    self.buy(event).await
+                    self.buy(event, traced).await
                 }
                 Err(refused) => refused.into_response(),
             },
@@ -153,8 +154,8 @@ impl<S: Store> App<S> {
         self.inner.catalog.get(id).ok_or(ApiError::UnknownEvent)
     }
 
-    async fn buy(&self, event: Arc<Event>) -> HttpResponse {
-        if spans::in_trace() {
+    async fn buy(&self, event: Arc<Event>, traced: bool) -> HttpResponse {
+        if traced {
             // Boxed, like the traced request: the untraced purchase future stays as it was.
             return Box::pin(self.buy_traced(event)).await;
         }

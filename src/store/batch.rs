@@ -171,8 +171,9 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
-    // One span per call, only for calls that carry a sampled purchase; none when tracing is off.
-    let mut spans = if crate::otel::enabled() {
+    // One span per call, only for calls that carry a sampled purchase: nothing to build (and no
+    // allocation) when tracing is off or nothing in the round was sampled.
+    let mut spans = if crate::otel::enabled() && orders.iter().any(|o| o.trace.is_some()) {
         batches
             .iter()
             .map(|(range, _)| {
