@@ -370,3 +370,40 @@ async fn background_work_has_its_own_traces_at_the_ratio() {
     assert_eq!(claim.attr("ticketd.event"), Some("b"));
     assert_eq!(claim.service, "ticketd");
 }
+
+#[tokio::test]
+async fn requests_without_a_parent_are_traced_at_the_ratio() {
+    let otlp = OtlpReceiver::start().await;
+    let t = traced(
+        &["--store", "memory", "--events", "1=1000"],
+        &otlp.endpoint(),
+        "0.5",
+    )
+    .await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..200 {
+        assert_eq!(c.buy("1").await.unwrap().status, StatusCode::OK);
+    }
+    // The marker's spans come after every earlier one.
+    assert_eq!(
+        buy_with(t.addr, "1", &traceparent(true)).await.status,
+        StatusCode::OK
+    );
+    let spans = otlp
+        .wait_for("the marker's spans", |s| {
+            s.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 2
+        })
+        .await;
+    let roots = spans
+        .iter()
+        .filter(|s| s.name == "POST /buy/:eventId" && s.trace_id != TRACE_ID)
+        .count();
+    // Half of 200, give or take six standard deviations: the edge's choice is the SDK's too.
+    assert!((60..=140).contains(&roots), "{roots} of 200 traced at 0.5");
+    let purchases = named(&spans, "purchase").len();
+    assert_eq!(
+        purchases,
+        roots + 1,
+        "every traced request has its purchase span"
+    );
+}
