@@ -8,15 +8,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
+use opentelemetry::Context;
+use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::event::Event;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, StorePath};
 use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYPE};
+use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
-use crate::store::{Sale, Store};
+use crate::store::{Sale, Store, StoreError};
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +91,25 @@ impl<S: Store> App<S> {
 
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle<B>(&self, req: Request<B>) -> HttpResponse {
+        if crate::otel::enabled() {
+            if let Some(parent) = crate::otel::sampling::decide(req.headers()) {
+                // Boxed: the traced path must not size the request future of the untraced one.
+                return Box::pin(self.handle_traced(req, parent)).await;
+            }
+        }
+        self.answer(req, false).await
+    }
+
+    /// [`App::handle`] inside a server span, a child of the caller's span if there is one.
+    async fn handle_traced<B>(&self, req: Request<B>, parent: Option<Context>) -> HttpResponse {
+        let span = spans::request(req.method(), &route(req.method(), req.uri().path()), parent);
+        let response = self.answer(req, true).instrument(span.clone()).await;
+        spans::record_response(&span, response.status());
+        response
+    }
+
+    /// Answers `req`; `traced`: inside a request span, so a purchase gets its span too.
+    async fn answer<B>(&self, req: Request<B>, traced: bool) -> HttpResponse {
         let m = &self.inner.metrics;
         let _in_flight = m.request_started();
         let r = route(req.method(), req.uri().path());
@@ -100,7 +122,7 @@ impl<S: Store> App<S> {
                     // for the next request instead of allocating another while this purchase
                     // waits on Redis (design.md, Measurements).
                     drop(req);
-                    self.buy(event).await
+                    self.buy(event, traced).await
                 }
                 Err(refused) => refused.into_response(),
             },
@@ -132,15 +154,47 @@ impl<S: Store> App<S> {
         self.inner.catalog.get(id).ok_or(ApiError::UnknownEvent)
     }
 
-    async fn buy(&self, event: Arc<Event>) -> HttpResponse {
+    async fn buy(&self, event: Arc<Event>, traced: bool) -> HttpResponse {
+        if traced {
+            // Boxed, like the traced request: the untraced purchase future stays as it was.
+            return Box::pin(self.buy_traced(event)).await;
+        }
         let started = Instant::now();
         let (path, result) = self.inner.store.purchase(&event).await;
+        self.answer_purchase(&event, path, result, started.elapsed())
+            .1
+    }
+
+    /// [`App::buy`] inside a `purchase` span that records what the store decided.
+    async fn buy_traced(&self, event: Arc<Event>) -> HttpResponse {
+        let span = spans::purchase(&event);
+        let started = Instant::now();
+        let (path, result) = self
+            .inner
+            .store
+            .purchase(&event)
+            .instrument(span.clone())
+            .await;
         let took = started.elapsed();
+        let recorded = result.clone();
+        let (outcome, response) = self.answer_purchase(&event, path, result, took);
+        spans::record_purchase(&span, &event, path, outcome, &recorded);
+        response
+    }
+
+    /// Records what the store decided for one purchase and answers it.
+    fn answer_purchase(
+        &self,
+        event: &Arc<Event>,
+        path: StorePath,
+        result: Result<Sale, StoreError>,
+        took: Duration,
+    ) -> (Outcome, HttpResponse) {
         let (outcome, response) = match result {
             Ok(Sale::Sold { ticket, remaining }) => {
                 event.metrics.set_remaining(remaining);
                 tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
-                (Outcome::Sold, response::sale(&event, ticket, remaining))
+                (Outcome::Sold, response::sale(event, ticket, remaining))
             }
             Ok(Sale::SoldOut) => {
                 event.metrics.set_remaining(0);
@@ -154,7 +208,7 @@ impl<S: Store> App<S> {
         };
         event.metrics.record(outcome);
         self.inner.metrics.record_purchase(path, outcome, took);
-        response
+        (outcome, response)
     }
 
     async fn readyz(&self) -> HttpResponse {

@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create missing events in Redis (idempotent), or replace them with --reset, then exit.
     Seed(SeedArgs),
     /// List every instance's fallback reserve per event, live or held back; `release` returns
@@ -151,6 +151,58 @@ pub struct ServeArgs {
     /// sold during an outage before it sells anything. One live process per directory.
     #[arg(long, env = "TICKETD_JOURNAL_DIR", default_value = DEFAULT_JOURNAL_DIR)]
     pub journal_dir: std::path::PathBuf,
+    /// Distributed tracing (OpenTelemetry over OTLP/HTTP); off unless an endpoint is set.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Distributed tracing settings, under the standard OpenTelemetry variable names. Other
+/// resource attributes come from `OTEL_RESOURCE_ATTRIBUTES`, the export queue from `OTEL_BSP_*`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TraceArgs {
+    /// OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318); spans go to its /v1/traces.
+    /// Unset (and no traces endpoint): tracing is off and costs nothing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Full OTLP/HTTP URL for spans; overrides --otlp-endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
+    /// Which traces to record [default: parentbased_traceidratio]: a request that carries a
+    /// `traceparent` follows its caller's decision; others are sampled at --trace-sampler-arg.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum)]
+    pub trace_sampler: Option<SamplerKind>,
+    /// Ratio of traces the *traceidratio samplers record, 0 to 1 [default: 0.01].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio, value_name = "RATIO")]
+    pub trace_sampler_arg: Option<f64>,
+    /// The `service.name` of the spans [default: ticketd, unless OTEL_RESOURCE_ATTRIBUTES
+    /// names one].
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+}
+
+/// The standard OpenTelemetry samplers (`OTEL_TRACES_SAMPLER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)] // the names are the standard ones
+pub enum SamplerKind {
+    #[value(name = "always_on")]
+    AlwaysOn,
+    #[value(name = "always_off")]
+    AlwaysOff,
+    #[value(name = "traceidratio")]
+    TraceIdRatio,
+    #[value(name = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    #[value(name = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    #[value(name = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1")),
+    }
 }
 
 /// `--journal-dir` when none is given: relative to the working directory.

@@ -21,7 +21,9 @@
 //! - [`reserves`]: `ticketd reserves`, the operator's view of live and held-back reserves.
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
 //! - [`stats`]: the periodic purchase-statistics log line.
-//! - [`telemetry`]: tracing set-up; [`throttle`]: rate-limited logging; [`shutdown`]: signals.
+//! - [`otel`]: distributed tracing (OpenTelemetry spans over OTLP), free when off.
+//! - [`telemetry`]: logging set-up (and the trace layer beside it); [`throttle`]: rate-limited
+//!   logging; [`shutdown`]: signals.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +35,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod metrics_render;
+pub mod otel;
 pub mod reserves;
 pub mod response;
 pub mod router;

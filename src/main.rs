@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use ticketd::config::{self, Command};
 
+/// Bound on exporting the spans still queued at exit.
+const TRACE_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -16,14 +19,14 @@ fn main() -> ExitCode {
         .expect("a tokio runtime can be built");
     match cli.command {
         Some(Command::Seed(args)) => {
-            let _log = ticketd::telemetry::init(args.common.log_format);
+            let _log = ticketd::telemetry::init(args.common.log_format, None);
             runtime.block_on(ticketd::seed::run_seed(args))
         }
         Some(Command::Reserves(args)) => {
-            let _log = ticketd::telemetry::init(args.common.log_format);
+            let _log = ticketd::telemetry::init(args.common.log_format, None);
             runtime.block_on(ticketd::reserves::run(args))
         }
-        Some(Command::Serve(args)) => serve(&runtime, args),
+        Some(Command::Serve(args)) => serve(&runtime, *args),
         None => serve(&runtime, cli.serve),
     }
 }
@@ -37,7 +40,22 @@ fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let _log = ticketd::telemetry::init(args.common.log_format);
+    // Tracing is set up outside the runtime: its exporter's blocking HTTP client must not be
+    // built inside one.
+    let tracing = match ticketd::otel::Tracing::start(&args.trace) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ticketd: {e}");
+            return ExitCode::from(config::EXIT_CONFIG);
+        }
+    };
+    let _log = ticketd::telemetry::init(args.common.log_format, tracing.as_ref());
+    if let Some(t) = &tracing {
+        tracing::info!(
+            endpoint = t.endpoint(),
+            "tracing on: spans exported over OTLP/HTTP"
+        );
+    }
     // Each buyer holds a socket: lift the soft descriptor limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) if n < 16_384 => tracing::warn!(
@@ -54,7 +72,13 @@ fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode
             return ExitCode::from(config::EXIT_CONFIG);
         }
     };
-    match runtime.block_on(ticketd::run(args, listener, signals.recv())) {
+    let ran = runtime.block_on(ticketd::run(args, listener, signals.recv()));
+    if let Some(t) = tracing {
+        // The spans still queued leave now, within a bound (a collector that is down does not
+        // hold up the exit).
+        t.shutdown(TRACE_SHUTDOWN);
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ticketd::run::RunError::Journal(_)) => {
             eprintln!("ticketd: {e}");

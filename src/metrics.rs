@@ -142,6 +142,16 @@ pub mod names {
         "counter",
         "Fallback sales that could not be made durable in the journal and were answered 503.",
     );
+    pub const SPANS_DROPPED: Family = (
+        "ticketd_trace_spans_dropped_total",
+        "counter",
+        "Trace spans dropped because the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE); always 0 with tracing off.",
+    );
+    pub const SPANS_EXPORT_FAILED: Family = (
+        "ticketd_trace_spans_export_failed_total",
+        "counter",
+        "Trace spans the collector did not take (export failed or timed out); logged at WARN, rate-limited.",
+    );
     pub const BUILD_INFO: Family = (
         "ticketd_build_info",
         "gauge",

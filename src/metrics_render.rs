@@ -259,6 +259,20 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::CANCEL_FAILED.0, &[], cancel_failed);
     header(out, names::JOURNAL_FAILED);
     sample(out, names::JOURNAL_FAILED.0, &[], journal_failed);
+    header(out, names::SPANS_DROPPED);
+    sample(
+        out,
+        names::SPANS_DROPPED.0,
+        &[],
+        crate::otel::export::dropped(),
+    );
+    header(out, names::SPANS_EXPORT_FAILED);
+    sample(
+        out,
+        names::SPANS_EXPORT_FAILED.0,
+        &[],
+        crate::otel::export::failed(),
+    );
     header(out, names::BUILD_INFO);
     sample(
         out,
@@ -393,6 +407,16 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     num(out, open);
     out.extend_from_slice(br#","connections_total":"#);
     num(out, total);
+    out.extend_from_slice(br#"},"tracing":{"enabled":"#);
+    out.extend_from_slice(if crate::otel::enabled() {
+        b"true"
+    } else {
+        b"false"
+    });
+    out.extend_from_slice(br#","spans_dropped":"#);
+    num(out, crate::otel::export::dropped());
+    out.extend_from_slice(br#","spans_export_failed":"#);
+    num(out, crate::otel::export::failed());
     out.extend_from_slice(br#"},"process_start_time_seconds":"#);
     write_f64(out, m.start_time());
     out.push(b'}');

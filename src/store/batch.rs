@@ -25,11 +25,14 @@ use crossbeam_utils::CachePadded;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
+use tracing::Span;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::otel::spans;
 use crate::store::cancel::Cancels;
 use crate::store::ids::Ids;
 use crate::store::redis::PoolCell;
@@ -52,6 +55,9 @@ pub struct Order {
     pub event: Arc<Event>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Answer>,
+    /// The purchase's span, when tracing is on and it is sampled: the script call that carries
+    /// it links to it. Boxed, so an untraced order stays small.
+    pub trace: Option<Box<SpanContext>>,
 }
 
 /// What every batcher task shares.
@@ -165,6 +171,22 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
+    // One span per call, only for calls that carry a sampled purchase: nothing to build (and no
+    // allocation) when tracing is off or nothing in the round was sampled.
+    let mut spans = if crate::otel::enabled() && orders.iter().any(|o| o.trace.is_some()) {
+        batches
+            .iter()
+            .map(|(range, _)| {
+                let carried = orders[range.clone()]
+                    .iter()
+                    .filter_map(|o| o.trace.as_deref());
+                spans::script_call(&orders[range.start].event, range.len(), carried)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     let started = tokio::time::Instant::now();
     let mut replies = timeout(cx.timeout, futures_util::future::join_all(calls))
         .await
@@ -196,6 +218,9 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
             (_, reply) => reply,
         };
         let reply = reply.and_then(|v| Reply::parse(&v, &batch[0].event));
+        if let Some(span) = spans.next() {
+            record_call(&span, &reply);
+        }
         match reply {
             Ok(reply) => answer(batch, &reply, id, cx),
             Err(e) => {
@@ -214,6 +239,16 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         }
     }
     outage
+}
+
+/// Records on the span of one script call what it sold, or why it failed.
+fn record_call(span: &Span, reply: &Result<Reply, StoreError>) {
+    match reply {
+        Ok(reply) => {
+            span.record("ticketd.batch.sold", reply.tickets.len());
+        }
+        Err(e) => spans::record_error(span, e),
+    }
 }
 
 /// The ranges of `orders` (sorted by event) that go into one script call each.
@@ -334,6 +369,7 @@ mod tests {
         Order {
             event: event.clone(),
             reply: oneshot::channel().0,
+            trace: None,
         }
     }
 
@@ -440,6 +476,7 @@ mod tests {
                         Order {
                             event: e.clone(),
                             reply: tx,
+                            trace: None,
                         },
                         rx,
                     )
@@ -491,10 +528,12 @@ mod tests {
             Order {
                 event: e.clone(),
                 reply: tx2,
+                trace: None,
             },
             Order {
                 event: e.clone(),
                 reply: tx,
+                trace: None,
             },
         ];
         answer(

@@ -225,7 +225,9 @@ async fn work(
             });
             timeout(bound, call)
         });
-        let results = futures_util::future::join_all(calls).await;
+        let span = tracing::info_span!(target: crate::otel::TARGET, "cancel", ticketd.batches = batch.len());
+        let results =
+            tracing::Instrument::instrument(futures_util::future::join_all(calls), span).await;
         // A cancellation counts once the replicas hold it: one a failover forgot would leave
         // its tickets sold to nobody on the new primary. Cancelling again is harmless.
         let held = !results.iter().any(|r| matches!(r, Ok(Ok(_))))

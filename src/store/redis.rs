@@ -335,6 +335,11 @@ impl RedisStore {
         let order = Order {
             event: event.clone(),
             reply,
+            trace: if crate::otel::enabled() {
+                crate::otel::spans::current_link()
+            } else {
+                None
+            },
         };
         let result = match self.batcher.submit(order) {
             // The batcher answers every order within the timeout: no timer here. It stops only

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::catalog::Catalog;
 use crate::event::Event;
 use crate::metrics::StorePath;
@@ -158,6 +160,28 @@ impl ResilientStore {
     /// hears of it. `None`: nothing left to sell. A sale the journal could not write stays
     /// recorded (it is settled as sold to nobody), and the buyer gets `503`.
     async fn take(&self, er: &EventReserve, reserve: &Reserve) -> Option<Result<u64, StoreError>> {
+        if !crate::otel::spans::in_trace() {
+            return self.take_untraced(er, reserve).await;
+        }
+        let span = crate::otel::spans::fallback_sale(&er.event);
+        let taken = Box::pin(self.take_untraced(er, reserve))
+            .instrument(span.clone())
+            .await;
+        match &taken {
+            Some(Ok(ticket)) => {
+                span.record("ticketd.ticket", er.event.ticket_id(*ticket));
+            }
+            Some(Err(e)) => crate::otel::spans::record_error(&span, e),
+            None => crate::otel::spans::record_error(&span, &"reserve spent"),
+        }
+        taken
+    }
+
+    async fn take_untraced(
+        &self,
+        er: &EventReserve,
+        reserve: &Reserve,
+    ) -> Option<Result<u64, StoreError>> {
         let s = &self.shared;
         if s.journal.is_broken() {
             s.redis.metrics().journal_failed();

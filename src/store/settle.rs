@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use bytes::Bytes;
 use fred::types::{Key, Value};
 
@@ -137,7 +139,13 @@ async fn write(
             args.push(Value::Bytes(sale.purchase.clone()));
             args.push(Value::Integer(sale.at_ms as i64));
         }
-        match s.call::<Vec<Value>>(script, keys.clone(), args).await {
+        let span = tracing::info_span!(target: crate::otel::TARGET, "settle", ticketd.event = event, ticketd.sales = chunk.len());
+        let call = s.call::<Vec<Value>>(script, keys.clone(), args);
+        let written = call.instrument(span.clone()).await;
+        if let Err(e) = &written {
+            crate::otel::spans::record_error(&span, e);
+        }
+        match written {
             Ok(reply) => {
                 report(s, event, &reply);
                 done += chunk.len();

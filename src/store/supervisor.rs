@@ -218,7 +218,8 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         Value::Integer(s.options.lease.as_millis() as i64),
         Value::Integer(believed as i64),
     ];
-    let reply: Vec<Value> = s.call(&scripts.claim, keys, args).await?;
+    let span = tracing::info_span!(target: crate::otel::TARGET, "claim reserve", ticketd.event = %event.id, ticketd.reserve.size = size);
+    let reply: Vec<Value> = traced(span, s.call(&scripts.claim, keys, args)).await?;
     let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0);
     if int(0) != 1 {
         return Ok(()); // the event is not in Redis (yet): nothing to reserve
@@ -281,16 +282,16 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
     // Exactly the unsold rest of the reserve we settled; a list of another length is not ours
     // to hand back (release.lua leaves it, and the next claim shows it to us).
     let expected = er.current.read().held_in_redis();
-    let returned: i64 = s
-        .call(
-            &scripts.release,
-            keys,
-            vec![
-                Value::from(s.redis.instance()),
-                Value::Integer(expected as i64),
-            ],
-        )
-        .await?;
+    let span = tracing::info_span!(target: crate::otel::TARGET, "release reserve", ticketd.event = %er.event.id, ticketd.tickets = expected);
+    let call = s.call(
+        &scripts.release,
+        keys,
+        vec![
+            Value::from(s.redis.instance()),
+            Value::Integer(expected as i64),
+        ],
+    );
+    let returned: i64 = traced(span, call).await?;
     if returned == -2 {
         tracing::warn!(event = %er.event.id, expected, "the reserve in Redis is not the one this instance settled; not handed back (the next heartbeat reads it)");
         return Ok(());
@@ -301,6 +302,19 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         tracing::debug!(event = %er.event.id, returned, "reserve handed back to the pool");
     }
     Ok(())
+}
+
+/// Runs `call` inside `span` (a background span: disabled, and nearly free, while tracing is
+/// off), recording its error on the span.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let result = tracing::Instrument::instrument(call, span.clone()).await;
+    if let Err(e) = &result {
+        crate::otel::spans::record_error(&span, e);
+    }
+    result
 }
 
 /// Holds back the reserves of other instances whose lease this supervisor watched expire.
@@ -349,13 +363,13 @@ async fn watch_leases(
             event.keys.reserved.clone(),
             event.keys.held.clone(),
         ];
-        let held: i64 = s
-            .call(
-                &scripts.quarantine,
-                keys,
-                vec![Value::from(instance.as_str()), Value::Integer(expiry)],
-            )
-            .await?;
+        let span = tracing::info_span!(target: crate::otel::TARGET, "reap expired reserve", ticketd.event = %event.id, ticketd.instance = %instance);
+        let call = s.call(
+            &scripts.quarantine,
+            keys,
+            vec![Value::from(instance.as_str()), Value::Integer(expiry)],
+        );
+        let held: i64 = traced(span, call).await?;
         watch.done(&event.id, &instance);
         if held >= 0 {
             s.redis.metrics().reserve_held_back();

@@ -1,7 +1,8 @@
 //! The shared integration-test harness: a private `redis-server` on a free port with its own
 //! temporary directory (never someone's 6379), a loopback Redis Cluster of six of them, the real
-//! ticketd on port 0 (in-process, or as a child process when a test must kill it), and a small
-//! HTTP client. Everything is stopped when its handle drops, also when a test fails.
+//! ticketd on port 0 (in-process, or as a child process when a test must kill it), a small HTTP
+//! client, and an OTLP trace receiver. Everything is stopped when its handle drops, also when a
+//! test fails.
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
@@ -9,11 +10,13 @@ pub mod cluster;
 pub mod http;
 pub mod ledger;
 pub mod load;
+pub mod otlp;
 pub mod redis;
 pub mod ticketd;
 
 pub use self::cluster::RedisCluster;
 pub use self::http::{Answer, Conn};
+pub use self::otlp::OtlpReceiver;
 pub use self::redis::RedisServer;
 pub use self::ticketd::{Ticketd, TicketdProcess};
 
