@@ -413,10 +413,14 @@ impl RedisStore {
                 Ok(Ok(_))
             ),
         };
-        match fence {
+        let ready = match fence {
             Some(fence) if answered => self.replicated(client, fence, self.timeout).await.is_ok(),
             _ => answered,
-        }
+        };
+        // Looked at again after the round trip: before it, a connection Redis closed a moment
+        // ago can still read as up (its close not handled yet), and the first purchase on it
+        // would open the breaker right after "ready".
+        ready && pool.clients().iter().all(ClientLike::is_connected)
     }
 }
 
