@@ -155,13 +155,12 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     // A connection being made again (Redis restarted a moment ago) is waited for, within the
     // round's bound: the next connection attempt decides. Failing at once would open the
     // breaker on a Redis that answers again, right after `/readyz` said ready.
-    let reconnected = || async {
-        matches!(
+    if !client.is_connected()
+        && !matches!(
             timeout(cx.timeout, client.wait_for_connect()).await,
             Ok(Ok(()))
         )
-    };
-    if !client.is_connected() && !reconnected().await {
+    {
         for order in orders.drain(..) {
             let _ = order.reply.send(Err(StoreError::NotConnected));
         }

@@ -478,16 +478,21 @@ impl Store for ClusterStore {
         // One read per shard, side by side; a failing shard keeps its events' last known
         // counts and does not blank the others'.
         let mut groups: HashMap<usize, (Arc<ShardStore>, Vec<usize>)> = HashMap::new();
+        let shards = self.inner.shards.read().clone();
         for (i, e) in events.iter().enumerate() {
-            if let Some(n) = self.inner.table.shard_of(e.slot) {
-                if let Some(s) = self.inner.shards.read().get(n) {
-                    groups
-                        .entry(n)
-                        .or_insert_with(|| (s.clone(), Vec::new()))
-                        .1
-                        .push(i);
-                }
-            }
+            let Some((n, s)) = self
+                .inner
+                .table
+                .shard_of(e.slot)
+                .and_then(|n| Some((n, shards.get(n)?)))
+            else {
+                continue;
+            };
+            groups
+                .entry(n)
+                .or_insert_with(|| (s.clone(), Vec::new()))
+                .1
+                .push(i);
         }
         let reads = groups.into_values().map(|(shard, at)| async move {
             let mine: Vec<Arc<Event>> = at.iter().map(|&i| events[i].clone()).collect();
