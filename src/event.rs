@@ -55,6 +55,11 @@ pub fn validate_event_id(id: &str) -> Result<(), EventIdError> {
     Ok(())
 }
 
+/// The Redis Cluster hash slot of every key of event `id` (they share the `{id}` tag).
+pub fn slot_of(id: &str) -> u16 {
+    fred::util::redis_keyslot(format!("{{{id}}}").as_bytes())
+}
+
 /// The Redis keys of one event. All share the `{<id>}` hash tag, so one Redis Cluster slot holds
 /// them and one script may touch them all. Built once per event; cloning a [`Key`] only bumps a
 /// reference count.
@@ -164,7 +169,7 @@ impl Event {
             index,
             digits: ticket_digits(capacity),
             keys: EventKeys::new(id),
-            slot: fred::util::redis_keyslot(format!("{{{id}}}").as_bytes()),
+            slot: slot_of(id),
             metrics: EventMetrics::with_remaining(capacity),
             limbo: std::sync::atomic::AtomicU64::new(0),
         }

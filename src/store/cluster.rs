@@ -394,7 +394,7 @@ fn record_slot(r: &Record) -> u16 {
     let event = match r {
         Record::Sale { event, .. } | Record::Cancel { event, .. } => event,
     };
-    fred::util::redis_keyslot(format!("{{{event}}}").as_bytes())
+    crate::event::slot_of(event)
 }
 
 /// A fred pool of `size` clients (0: the configured size) on the node `host:port`.
