@@ -4,13 +4,16 @@
 //! like) are logged by the layer that saw them, never sent to the client.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::StatusCode;
 
 use crate::response::{json, HttpResponse};
 
 /// Seconds a client is asked to wait before retrying a `503`.
 const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
+
+/// The challenge of every `401`: the purchase path takes bearer tokens (RFC 6750).
+const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
 
 /// Everything a request can fail with, as the client sees it.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +39,33 @@ pub enum ApiError {
     /// A request body over the limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// Authentication is on and the request has no acceptable buyer: no token, a malformed,
+    /// badly signed or expired one, a wrong issuer or audience, an unusable `sub`, or no
+    /// gateway header. Which of these is logged at DEBUG only, never sent.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The buyer already holds `--max-per-buyer` tickets of this event.
+    #[error("buyer reached the limit of event {0}")]
+    LimitReached(Box<str>),
+    /// A purchase with the same `Idempotency-Key` is still in progress.
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
+    /// The `Idempotency-Key` was used before for a different request (another event).
+    #[error("idempotency key reused for another request")]
+    IdempotencyKeyReused,
+    /// The `Idempotency-Key` header is not one quoted string of 1 to 255 characters.
+    #[error("malformed idempotency key")]
+    BadIdempotencyKey,
 }
 
 impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadEventId => StatusCode::BAD_REQUEST,
+            ApiError::BadEventId | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::LimitReached(_) | ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnknownEvent | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::SoldOut(_) => StatusCode::CONFLICT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -61,14 +84,20 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::LimitReached(_) => "limit_reached",
+            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::BadIdempotencyKey => "bad_idempotency_key",
         }
     }
 
-    /// The JSON body: `{"error":"<code>"}`, plus the event for `sold_out`.
+    /// The JSON body: `{"error":"<code>"}`, plus the event for `sold_out` and `limit_reached`.
     pub fn body(&self) -> Bytes {
         match self {
-            ApiError::SoldOut(event) => {
-                Bytes::from(format!(r#"{{"error":"sold_out","event":"{event}"}}"#))
+            ApiError::SoldOut(event) | ApiError::LimitReached(event) => {
+                let code = self.code();
+                Bytes::from(format!(r#"{{"error":"{code}","event":"{event}"}}"#))
             }
             other => {
                 let code = other.code();
@@ -92,6 +121,9 @@ impl ApiError {
             }
             ApiError::Unavailable => {
                 response.headers_mut().insert(RETRY_AFTER, RETRY_AFTER_SECS);
+            }
+            ApiError::Unauthorized => {
+                response.headers_mut().insert(WWW_AUTHENTICATE, BEARER);
             }
             _ => {}
         }
@@ -138,11 +170,56 @@ mod tests {
     }
 
     #[test]
+    fn buyer_and_idempotency_bodies() {
+        for (error, status, json) in [
+            (
+                ApiError::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"unauthorized"}"#,
+            ),
+            (
+                ApiError::LimitReached("gala".into()),
+                StatusCode::CONFLICT,
+                r#"{"error":"limit_reached","event":"gala"}"#,
+            ),
+            (
+                ApiError::IdempotencyKeyInUse,
+                StatusCode::CONFLICT,
+                r#"{"error":"idempotency_key_in_use"}"#,
+            ),
+            (
+                ApiError::IdempotencyKeyReused,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"{"error":"idempotency_key_reused"}"#,
+            ),
+            (
+                ApiError::BadIdempotencyKey,
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"bad_idempotency_key"}"#,
+            ),
+        ] {
+            assert_eq!(body(error), (status, json.to_owned()));
+        }
+    }
+
+    #[test]
     fn headers() {
         let r = ApiError::MethodNotAllowed("POST").into_response();
         assert_eq!(r.headers()[ALLOW], "POST");
         let r = ApiError::Unavailable.into_response();
         assert_eq!(r.headers()[RETRY_AFTER], "1");
         assert_eq!(r.headers()["content-type"], "application/json");
+        let r = ApiError::Unauthorized.into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+        for other in [
+            ApiError::BadIdempotencyKey,
+            ApiError::LimitReached("1".into()),
+        ] {
+            assert!(!other
+                .into_response()
+                .headers()
+                .contains_key(WWW_AUTHENTICATE));
+        }
     }
 }
