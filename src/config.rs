@@ -154,6 +154,123 @@ pub struct ServeArgs {
     /// Distributed tracing (OpenTelemetry over OTLP/HTTP); off unless an endpoint is set.
     #[command(flatten)]
     pub trace: TraceArgs,
+    /// Who buys: authentication (a JWT or a gateway's header), limits per buyer, and
+    /// `Idempotency-Key` replays.
+    #[command(flatten)]
+    pub buyers: BuyerArgs,
+}
+
+/// `--jwt-leeway` when none is given: the clock skew allowed on `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: &str = "30s";
+
+/// Largest `--jwt-leeway`: more would keep an expired token usable for long.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Shortest HS256 secret accepted: 32 bytes, the size of the hash (RFC 7518, section 3.2).
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Shortest and longest `--idempotency-ttl`.
+pub const IDEMPOTENCY_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+
+/// Who buys. At most one of `--jwt-secret`, `--jwt-public-key` and `--buyer-header` (the
+/// `identity` group); with none, purchases are anonymous, as before buyers existed.
+#[derive(Debug, Clone, Args)]
+pub struct BuyerArgs {
+    /// HS256 secret, at least 32 bytes (never shown by --help or in logs): `POST /buy` then
+    /// needs `Authorization: Bearer <JWT>` signed with it, and the buyer is the token's `sub`.
+    #[arg(long, env = "TICKETD_JWT_SECRET", value_name = "SECRET", hide_env_values = true, groups = ["identity", "jwt"], value_parser = parse_secret)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key (RS256, ES256 on P-256, or EdDSA on Ed25519, told apart by the key):
+    /// `POST /buy` then needs `Authorization: Bearer <JWT>` signed by its private key.
+    #[arg(long, env = "TICKETD_JWT_PUBLIC_KEY", value_name = "PATH", groups = ["identity", "jwt"])]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// A token's `iss` must be this (and present). Unset: not checked.
+    #[arg(
+        long,
+        env = "TICKETD_JWT_ISSUER",
+        value_name = "ISSUER",
+        requires = "jwt"
+    )]
+    pub jwt_issuer: Option<String>,
+    /// A token's `aud` must be or hold this (and be present). Unset: not checked, so any
+    /// token of the same signer is accepted; set it when the signer serves other services too.
+    #[arg(
+        long,
+        env = "TICKETD_JWT_AUDIENCE",
+        value_name = "AUDIENCE",
+        requires = "jwt"
+    )]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf` (at most 5m).
+    #[arg(long, env = "TICKETD_JWT_LEEWAY", default_value = DEFAULT_JWT_LEEWAY, value_parser = parse_leeway)]
+    pub jwt_leeway: Duration,
+    /// Trust this request header, set by an authenticating gateway, as the buyer instead of a
+    /// token. The gateway must strip it from client requests, or any client can name itself.
+    #[arg(long, env = "TICKETD_BUYER_HEADER", value_name = "NAME", group = "identity", value_parser = parse_header_name)]
+    pub buyer_header: Option<http::HeaderName>,
+    /// No buyer gets more than N tickets of one event (1 to 1,000,000). Unset: no limit.
+    /// Needs a buyer identity (a JWT flag or --buyer-header).
+    #[arg(long, env = "TICKETD_MAX_PER_BUYER", value_name = "N", requires = "identity", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_per_buyer: Option<u32>,
+    /// How long the answer to a purchase with an `Idempotency-Key` is kept and replayed to a
+    /// retry with the same key (1s to 30 days, e.g. 10m, 24h).
+    #[arg(long, env = "TICKETD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_idempotency_ttl)]
+    pub idempotency_ttl: Duration,
+}
+
+/// A secret setting: its value never shows in `Debug` output (logs, panics) nor in `--help`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    // Its length is checked where the key is made (`Auth::from_args`): a clap error would echo
+    // the value, and a mistyped secret is still a secret.
+    Ok(Secret(s.into()))
+}
+
+fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
+    let name = http::HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|_| format!("'{s}' is not a header name"))?;
+    if name == http::header::AUTHORIZATION || name == http::header::HOST {
+        return Err(format!("'{s}' cannot carry a buyer id"));
+    }
+    Ok(name)
+}
+
+fn parse_leeway(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_JWT_LEEWAY {
+        return Err(format!("'{s}' is too long: at most 5m"));
+    }
+    Ok(d)
+}
+
+fn parse_idempotency_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !IDEMPOTENCY_TTL_RANGE.contains(&d) {
+        return Err(format!("'{s}' is out of range: from 1s to 720h (30 days)"));
+    }
+    Ok(d)
 }
 
 /// Distributed tracing settings, under the standard OpenTelemetry variable names. Other
@@ -297,7 +414,7 @@ fn parse_events(s: &str) -> Result<EventSpecs, String> {
     s.parse()
 }
 
-/// Parses `250ms`, `2s`, `1m` or a bare number of milliseconds.
+/// Parses `250ms`, `2s`, `1m`, `24h` or a bare number of milliseconds.
 ///
 /// # Errors
 /// A message saying what was expected.
@@ -307,11 +424,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("'{s}' is not a duration like 250ms, 2s or 1m"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("'{s}' is too long"))
+    };
     match unit {
         "" | "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("'{s}' has an unknown unit (use ms, s or m)")),
+        "m" => secs(60),
+        "h" => secs(3600),
+        _ => Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
     }
 }
 
@@ -420,8 +543,10 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("2d").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
     }
 
     #[test]
@@ -454,5 +579,76 @@ mod tests {
             Cli::try_parse_from(["ticketd", "seed"]).is_err(),
             "seed needs --events"
         );
+    }
+
+    #[test]
+    fn buyer_settings() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["ticketd"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| cli.serve.buyers)
+        };
+        let b = serve(&[]).unwrap();
+        assert!(b.jwt_secret.is_none() && b.jwt_public_key.is_none() && b.buyer_header.is_none());
+        assert_eq!(b.jwt_leeway, Duration::from_secs(30));
+        assert_eq!(b.idempotency_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(b.max_per_buyer, None);
+
+        let secret = "s".repeat(MIN_JWT_SECRET_LEN);
+        let b = serve(&["--jwt-secret", &secret, "--jwt-audience", "tickets"]).unwrap();
+        assert_eq!(b.jwt_secret.as_ref().map(Secret::expose), Some(&*secret));
+        assert!(
+            !format!("{b:?}").contains(&secret),
+            "Debug redacts the secret"
+        );
+        let b = serve(&["--buyer-header", "X-Buyer", "--max-per-buyer", "4"]).unwrap();
+        assert_eq!(b.buyer_header.as_ref().map(|h| h.as_str()), Some("x-buyer"));
+        assert_eq!(b.max_per_buyer, Some(4));
+
+        for (args, needle) in [
+            (
+                vec!["--jwt-secret", &secret, "--jwt-public-key", "k.pem"],
+                "cannot be used",
+            ),
+            (
+                vec!["--jwt-secret", &secret, "--buyer-header", "x-buyer"],
+                "cannot be used",
+            ),
+            (
+                vec!["--jwt-public-key", "k.pem", "--buyer-header", "x-b"],
+                "cannot be used",
+            ),
+            (vec!["--jwt-issuer", "me"], "--jwt-secret"),
+            (
+                vec!["--buyer-header", "x-b", "--jwt-audience", "a"],
+                "--jwt-secret",
+            ),
+            (vec!["--max-per-buyer", "2"], "--jwt-secret"),
+            (
+                vec!["--buyer-header", "x-b", "--max-per-buyer", "0"],
+                "max-per-buyer",
+            ),
+            (vec!["--buyer-header", "x b"], "not a header name"),
+            (vec!["--buyer-header", "authorization"], "cannot carry"),
+            (vec!["--jwt-leeway", "10m"], "at most 5m"),
+            (vec!["--idempotency-ttl", "500ms"], "out of range"),
+            (vec!["--idempotency-ttl", "721h"], "out of range"),
+        ] {
+            let e = serve(&args).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        assert!(serve(&["--idempotency-ttl", "720h"]).is_ok());
+        assert!(serve(&["--idempotency-ttl", "1s"]).is_ok());
+    }
+
+    #[test]
+    fn help_never_shows_the_secret() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "jwt_secret")
+            .expect("--jwt-secret is declared");
+        assert!(arg.is_hide_env_values_set());
+        assert!(arg.get_default_values().is_empty());
     }
 }
