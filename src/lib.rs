@@ -9,6 +9,7 @@
 //! - [`router`]: routing by slicing the path.
 //! - [`response`]: JSON bodies written with `itoa`.
 //! - [`error`]: the client-visible errors and their HTTP mapping, in one place.
+//! - [`auth`]: who buys: a verified JWT ([`auth::jwt`]), a gateway's header, or anonymous.
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
 //! - [`store`]: the `Store` trait; [`store::redis`], [`store::batch`] (purchases grouped into
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
