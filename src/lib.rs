@@ -10,6 +10,7 @@
 //! - [`response`]: JSON bodies written with `itoa`.
 //! - [`error`]: the client-visible errors and their HTTP mapping, in one place.
 //! - [`auth`]: who buys: a verified JWT ([`auth::jwt`]), a gateway's header, or anonymous.
+//! - [`idempotency_key`]: the `Idempotency-Key` header (an RFC 8941 String), parsed.
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
 //! - [`store`]: the `Store` trait; [`store::redis`], [`store::batch`] (purchases grouped into
@@ -35,6 +36,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod idempotency_key;
 pub mod metrics;
 pub mod metrics_render;
 pub mod otel;
