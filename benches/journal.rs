@@ -16,6 +16,7 @@ fn record(n: u64) -> Record {
         ticket: format!("bench-{n:07}").into_bytes(),
         purchase: format!("0123456789abcdef.1:{n}").into_bytes(),
         at_ms: n,
+        by: None,
     }
 }
 

@@ -2,6 +2,7 @@
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:batches
 -- (KEYS[4] to KEYS[6] are passed as for purchase.lua and not used)
+-- KEYS[7] event:{id}:buyers, KEYS[8] event:{id}:keys, KEYS[9] event:{id}:keys:ttl (purchase.lua)
 -- ARGV[1] batch id
 -- ARGV[2..] ticket ids whose buyers left before the answer arrived; none when the caller never
 --           learned the batch's outcome (timeout, lost connection, unreadable reply)
@@ -10,7 +11,10 @@
 -- still in flight can no longer sell (purchase.lua checks the batch id first), and every ticket
 -- it sold goes back. A ticket goes back to the pool only while the ledger still names this
 -- batch, so a ticket already given back and sold again is left alone, and running this twice
--- changes nothing. Returns how many tickets were put back.
+-- changes nothing. A ticket sold to a known buyer also leaves that buyer's tickets, and its
+-- Idempotency-Key is forgotten (a retry buys afresh), unless a retry with that key was already
+-- answered with the ticket: then its buyer was told, and the ticket stays sold.
+-- Returns how many tickets were put back.
 local tickets = {}
 if #ARGV > 1 then
   for i = 2, #ARGV do
@@ -30,9 +34,31 @@ local back = 0
 for _, ticket in ipairs(tickets) do
   local record = redis.call('HGET', KEYS[2], ticket)
   if record and string.sub(record, 1, #prefix) == prefix then
-    redis.call('HDEL', KEYS[2], ticket)
-    redis.call('LPUSH', KEYS[1], ticket)
-    back = back + 1
+    local told = false
+    local buyer, key = string.match(record, '^[^\n]*\n([^\n]*)\n(.*)$')
+    if buyer then
+      if key ~= '' then
+        local field = buyer .. '\n' .. key
+        local rec = redis.call('HGET', KEYS[8], field)
+        if rec and string.sub(rec, 1, #ticket + 1) ~= ticket .. ' ' then
+          rec = nil -- the key expired and was used again since: not this sale's
+        end
+        if rec and string.sub(rec, -2) == ' *' then
+          told = true
+        elseif rec then
+          redis.call('HDEL', KEYS[8], field)
+          redis.call('ZREM', KEYS[9], field)
+        end
+      end
+      if not told then
+        redis.call('ZREM', KEYS[7], buyer .. '\n' .. ticket)
+      end
+    end
+    if not told then
+      redis.call('HDEL', KEYS[2], ticket)
+      redis.call('LPUSH', KEYS[1], ticket)
+      back = back + 1
+    end
   end
 end
 return back

@@ -1,7 +1,8 @@
 -- Sells tickets of one event to a batch of concurrent purchases, atomically.
 --
 -- KEYS[1] event:{id}:tickets    LIST of unsold ticket ids (the shared pool)
--- KEYS[2] event:{id}:sold       HASH ticket id -> "<batch id> <unix ms>" (the ledger)
+-- KEYS[2] event:{id}:sold       HASH ticket id -> "<batch id> <unix ms>" (the ledger), followed
+--                               by "\n<buyer>\n<Idempotency-Key or nothing>" for a known buyer
 -- KEYS[3] event:{id}:batches    HASH batch id -> the ticket ids it sold, space-separated, or "!"
 --                               once cancelled
 -- KEYS[4] event:{id}:meta       HASH capacity -> N, present once the event is seeded
@@ -10,6 +11,8 @@
 --                               still sat in the pool (see settle.lua): skipped when popped
 -- ARGV[1] batch id, unique per call ("<instance>.<run>:<n>")
 -- ARGV[2] purchases in the batch, n >= 1
+-- With buyers (ARGV[3] present): see `buyers` below: KEYS[7..9] and
+-- ARGV[3..], and a fifth reply element.
 --
 -- Returns {status, unsold, reserved, tickets}:
 --   status  1  sold now. `tickets` holds the m <= n ticket ids popped, space-separated: the
@@ -26,7 +29,155 @@
 -- arrives after the caller gave up and cancelled it, can never sell a second time. The work is
 -- the same few commands whatever n is: one LPOP with a count, one HSET into the ledger, one HSET
 -- of the batch record, and O(1) reads (the stale set is checked with one EXISTS).
+
+-- Buyers. Purchases by known buyers (authenticated, or named by a trusted gateway), each maybe
+-- with an Idempotency-Key. Anonymous batches never come here and pay nothing for it.
+--
+-- KEYS[7] event:{id}:buyers     ZSET (scores 0) of "<buyer>\n<ticket>": a buyer's tickets are
+--                               one lexicographic range, counted and listed in O(log n)
+-- KEYS[8] event:{id}:keys       HASH "<buyer>\n<key>" -> "<ticket> <remaining> <batch id>", the
+--                               batch id replaced by "*" once the answer was replayed
+-- KEYS[9] event:{id}:keys:ttl   ZSET "<buyer>\n<key>" -> expiry (unix ms, Redis clock)
+-- ARGV[3] most tickets per buyer (0: no limit), ARGV[4] key lifetime (ms),
+-- ARGV[5..] per purchase, in order: buyer ("" anonymous: no limit, no list; its key is shared by
+--          every anonymous client), Idempotency-Key ("" none)
+--
+-- Returns {status, unsold, reserved, tickets, outcomes}: outcomes holds one token per purchase,
+-- space-separated: "S" sold now (the next ticket of `tickets`), "-" the pool was empty, "L" the
+-- buyer holds the limit already, "K" its key is used by an earlier purchase of this very batch,
+-- "R:<ticket>:<remaining>" its key was used before: the same answer again, nothing sold.
+-- A ticket whose answer was replayed is never given back by cancel.lua: its buyer was told.
+-- Buyer ids hold no control characters (ticketd refuses them), so "\n" separates safely.
+local function buyers(reserved)
+  local prior = redis.call('HGET', KEYS[3], ARGV[1])
+  if prior then
+    local unsold = redis.call('LLEN', KEYS[1]) + reserved
+    if prior == '!' then
+      return {-1, unsold, reserved, '', ''}
+    end
+    return {2, unsold, reserved, prior, redis.call('HGET', KEYS[3], ARGV[1] .. '#') or ''}
+  end
+  local n = tonumber(ARGV[2])
+  local limit = tonumber(ARGV[3])
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  -- Expired keys go a few at a time, more than this call adds, so the hash cannot grow past
+  -- what one key lifetime of purchases wrote.
+  local old = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 2 * n + 8)
+  if #old > 0 then
+    redis.call('HDEL', KEYS[8], unpack(old))
+    redis.call('ZREM', KEYS[9], unpack(old))
+  end
+  local outcomes, held, seen, want = {}, {}, {}, 0
+  for i = 1, n do
+    local buyer, key = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+    local out
+    if key ~= '' then
+      local field = buyer .. '\n' .. key
+      if seen[field] then
+        out = 'K'
+      else
+        seen[field] = true
+        local rec = redis.call('HGET', KEYS[8], field)
+        if rec then
+          local ticket, remaining, batch = string.match(rec, '^(%S+) (%d+) (%S+)$')
+          if batch ~= '*' then
+            redis.call('HSET', KEYS[8], field, ticket .. ' ' .. remaining .. ' *')
+          end
+          out = 'R:' .. ticket .. ':' .. remaining
+        end
+      end
+    end
+    if not out and limit > 0 and buyer ~= '' then
+      if not held[buyer] then
+        held[buyer] = redis.call('ZLEXCOUNT', KEYS[7], '[' .. buyer .. '\n', '(' .. buyer .. '\11')
+      end
+      if held[buyer] >= limit then
+        out = 'L'
+      else
+        held[buyer] = held[buyer] + 1
+      end
+    end
+    if not out then
+      out = 'S'
+      want = want + 1
+    end
+    outcomes[i] = out
+  end
+  local popped = {}
+  if want > 0 then
+    popped = redis.call('LPOP', KEYS[1], want) or {}
+    if #popped > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
+      local fresh = {}
+      while #popped > 0 do
+        for _, ticket in ipairs(popped) do
+          if redis.call('SREM', KEYS[6], ticket) == 0 then
+            fresh[#fresh + 1] = ticket
+          end
+        end
+        if #fresh == want then
+          break
+        end
+        popped = redis.call('LPOP', KEYS[1], want - #fresh) or {}
+      end
+      popped = fresh
+    end
+    if #popped == 0 and redis.call('EXISTS', KEYS[4]) == 0 then
+      return {-2, 0, 0, '', ''}
+    end
+  end
+  local m = #popped
+  local unsold = redis.call('LLEN', KEYS[1]) + reserved
+  local record = ARGV[1] .. ' ' .. now
+  local ttl = now + tonumber(ARGV[4])
+  local k = 0
+  for i = 1, n do
+    if outcomes[i] == 'S' then
+      k = k + 1
+      local buyer, key = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+      if k > m then
+        outcomes[i] = '-'
+        if limit > 0 and buyer ~= '' then
+          held[buyer] = held[buyer] - 1
+        end
+      else
+        local ticket = popped[k]
+        if buyer == '' and key == '' then
+          redis.call('HSET', KEYS[2], ticket, record)
+        else
+          redis.call('HSET', KEYS[2], ticket, record .. '\n' .. buyer .. '\n' .. key)
+          if buyer ~= '' then
+            redis.call('ZADD', KEYS[7], 0, buyer .. '\n' .. ticket)
+          end
+          if key ~= '' then
+            local field = buyer .. '\n' .. key
+            redis.call('HSET', KEYS[8], field, ticket .. ' ' .. (unsold + m - k) .. ' ' .. ARGV[1])
+            redis.call('ZADD', KEYS[9], ttl, field)
+          end
+        end
+      end
+    end
+  end
+  if m < want then
+    -- The pool ran out within this batch: a buyer refused for the limit only because of a
+    -- purchase that then found no ticket is told the truth, which is that none is left.
+    for i = 1, n do
+      local buyer = ARGV[3 + 2 * i]
+      if outcomes[i] == 'L' and held[buyer] < limit then
+        outcomes[i] = '-'
+      end
+    end
+  end
+  local tickets = table.concat(popped, ' ')
+  local said = table.concat(outcomes, ' ')
+  redis.call('HSET', KEYS[3], ARGV[1], tickets, ARGV[1] .. '#', said)
+  return {1, unsold, reserved, tickets, said}
+end
+
 local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
+if #ARGV > 2 then
+  return buyers(reserved)
+end
 local prior = redis.call('HGET', KEYS[3], ARGV[1])
 if prior then
   local unsold = redis.call('LLEN', KEYS[1]) + reserved

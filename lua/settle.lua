@@ -2,8 +2,11 @@
 -- whatever the size of the pool.
 --
 -- KEYS[1] event:{id}:reserve:<instance>, KEYS[2] event:{id}:reserved, KEYS[3] event:{id}:sold,
--- KEYS[4] event:{id}:held, KEYS[5] event:{id}:stale
--- ARGV[1] instance; then triples (ticket id, purchase id, unix ms) of the sales
+-- KEYS[4] event:{id}:held, KEYS[5] event:{id}:stale, KEYS[6] event:{id}:buyers,
+-- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (see purchase.lua)
+-- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
+-- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
+-- ("" none), the remaining count its buyer was told
 --
 -- A sold ticket normally still sits in the instance's reserve: it leaves the reserve (and the
 -- count of live or held-back reserved tickets) and enters the ledger. Already in the ledger
@@ -14,12 +17,21 @@
 -- under another purchase: a conflict, reported (possible only after such a release).
 -- Sales are taken from the reserve in the order they were listed, so LREM finds each at the
 -- head of the list.
--- Returns {settled, already, late, conflicting ticket ids...}.
+-- A known buyer's sale joins the buyer's tickets, and its key is recorded as answered (a retry
+-- gets the same ticket); a key that already names another ticket was used for two sales (on two
+-- instances while Redis was down) and is reported. So are the buyers holding more than the limit
+-- after this settlement: instances enforce it only from what each knows while Redis is down.
+-- Returns {settled, already, late, {conflicting ticket ids}, {"<buyer>\n<held>" over the
+-- limit}, {"<buyer>\n<key>" used for two sales}}.
 local held = redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1
 local settled, already, late = 0, 0, 0
-local conflicts = {}
-for i = 2, #ARGV, 3 do
+local conflicts, over, twice, seen = {}, {}, {}, {}
+local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local expiry = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
+for i = 4, #ARGV, 6 do
   local ticket, purchase, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local buyer, key, remaining = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local in_reserve = redis.call('LREM', KEYS[1], 1, ticket) == 1
   if in_reserve then
     -- Out of every list now: a stale mark (a late sale of it settled by another instance)
@@ -37,7 +49,30 @@ for i = 2, #ARGV, 3 do
   elseif existing then
     conflicts[#conflicts + 1] = ticket
   else
-    redis.call('HSET', KEYS[3], ticket, purchase .. ' ' .. ms .. ' fallback')
+    local record = purchase .. ' ' .. ms .. ' fallback'
+    if buyer ~= '' or key ~= '' then
+      record = record .. '\n' .. buyer .. '\n' .. key
+    end
+    if buyer ~= '' then
+      redis.call('ZADD', KEYS[6], 0, buyer .. '\n' .. ticket)
+    end
+    if buyer ~= '' or key ~= '' then
+      if key ~= '' then
+        local field = buyer .. '\n' .. key
+        local rec = redis.call('HGET', KEYS[7], field)
+        if rec and string.sub(rec, 1, #ticket + 1) ~= ticket .. ' ' then
+          twice[#twice + 1] = field
+        elseif not rec then
+          redis.call('HSET', KEYS[7], field, ticket .. ' ' .. remaining .. ' *')
+          redis.call('ZADD', KEYS[8], expiry, field)
+        end
+      end
+      if limit > 0 and buyer ~= '' and not seen[buyer] then
+        seen[buyer] = true
+        seen[#seen + 1] = buyer
+      end
+    end
+    redis.call('HSET', KEYS[3], ticket, record)
     if in_reserve then
       settled = settled + 1
     else
@@ -46,8 +81,10 @@ for i = 2, #ARGV, 3 do
     end
   end
 end
-local out = {settled, already, late}
-for _, c in ipairs(conflicts) do
-  out[#out + 1] = c
+for _, buyer in ipairs(seen) do
+  local count = redis.call('ZLEXCOUNT', KEYS[6], '[' .. buyer .. '\n', '(' .. buyer .. '\11')
+  if count > limit then
+    over[#over + 1] = buyer .. '\n' .. count
+  end
 end
-return out
+return {settled, already, late, conflicts, over, twice}

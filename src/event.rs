@@ -85,6 +85,14 @@ pub struct EventKeys {
     /// `event:{id}:stale`: SET of tickets a late settlement recorded as sold while they sat in
     /// the pool (after an operator's release); skipped when popped.
     pub stale: Key,
+    /// `event:{id}:buyers`: ZSET (scores 0) of `<buyer>\n<ticket>`: each known buyer's
+    /// tickets, one lexicographic range per buyer.
+    pub buyers: Key,
+    /// `event:{id}:keys`: HASH `<buyer>\n<Idempotency-Key>` -> `<ticket> <remaining> <batch id>`
+    /// (`*` for the batch once the answer was replayed).
+    pub idempotency: Key,
+    /// `event:{id}:keys:ttl`: ZSET `<buyer>\n<Idempotency-Key>` -> expiry (unix ms).
+    pub idempotency_ttl: Key,
     /// `event:{id}:fence`: a counter written right before a `WAIT`, so that the WAIT covers
     /// every earlier write of the node (only with `--redis-replica-acks` above 0).
     pub fence: Key,
@@ -103,6 +111,9 @@ impl EventKeys {
             held: Key::from(format!("event:{{{id}}}:held")),
             stale: Key::from(format!("event:{{{id}}}:stale")),
             fence: Key::from(format!("event:{{{id}}}:fence")),
+            buyers: Key::from(format!("event:{{{id}}}:buyers")),
+            idempotency: Key::from(format!("event:{{{id}}}:keys")),
+            idempotency_ttl: Key::from(format!("event:{{{id}}}:keys:ttl")),
         }
     }
 
@@ -121,7 +132,8 @@ impl EventKeys {
         Key::from(format!("event:{{{id}}}:reserve:{instance}"))
     }
 
-    /// The keys in the order `purchase.lua` and `cancel.lua` expect them (`KEYS[1..6]`).
+    /// The keys in the order `purchase.lua` expects them for anonymous purchases
+    /// (`KEYS[1..6]`).
     pub fn script_keys(&self) -> Vec<Key> {
         vec![
             self.tickets.clone(),
@@ -131,6 +143,17 @@ impl EventKeys {
             self.reserved.clone(),
             self.stale.clone(),
         ]
+    }
+
+    /// The keys of `purchase.lua` with buyers, and of `cancel.lua` (`KEYS[1..9]`).
+    pub fn buyer_script_keys(&self) -> Vec<Key> {
+        let mut keys = self.script_keys();
+        keys.extend([
+            self.buyers.clone(),
+            self.idempotency.clone(),
+            self.idempotency_ttl.clone(),
+        ]);
+        keys
     }
 }
 

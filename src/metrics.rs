@@ -20,7 +20,7 @@ pub mod names {
     pub const PURCHASES: Family = (
         "ticketd_purchases_total",
         "counter",
-        "Purchase attempts by event and outcome (sold, sold_out, unavailable, error).",
+        "Purchase attempts by event and outcome (sold, sold_out, unavailable, error; with buyers also limit_reached, replayed, key_conflict).",
     );
     pub const STORE_PURCHASES: Family = (
         "ticketd_store_purchases_total",
@@ -122,6 +122,16 @@ pub mod names {
         "counter",
         "Fallback sales whose ticket the ledger shows sold to another purchase (should stay 0; alert on it).",
     );
+    pub const OVER_LIMIT: Family = (
+        "ticketd_buyers_over_limit_total",
+        "counter",
+        "Buyers found holding more than --max-per-buyer tickets of an event after fallback sales were settled (instances enforce the limit from what each knows while Redis is down).",
+    );
+    pub const KEYS_TWICE: Family = (
+        "ticketd_idempotency_keys_used_twice_total",
+        "counter",
+        "Idempotency-Keys found with two sales after fallback sales were settled (a repeat reached another instance while Redis was down).",
+    );
     pub const HELD_BACK: Family = (
         "ticketd_reserves_held_back_total",
         "counter",
@@ -175,15 +185,24 @@ pub enum Outcome {
     Unavailable = 2,
     /// Anything unexpected (a malformed reply and the like).
     Error = 3,
+    /// The buyer holds the most tickets of the event one buyer may.
+    LimitReached = 4,
+    /// A repeated `Idempotency-Key`: the first answer again, nothing sold.
+    Replayed = 5,
+    /// An `Idempotency-Key` in use by another purchase, or first used for another event.
+    KeyConflict = 6,
 }
 
 impl Outcome {
     /// Every outcome, in index order.
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Sold,
         Outcome::SoldOut,
         Outcome::Unavailable,
         Outcome::Error,
+        Outcome::LimitReached,
+        Outcome::Replayed,
+        Outcome::KeyConflict,
     ];
 
     /// The label value.
@@ -193,6 +212,9 @@ impl Outcome {
             Outcome::SoldOut => "sold_out",
             Outcome::Unavailable => "unavailable",
             Outcome::Error => "error",
+            Outcome::LimitReached => "limit_reached",
+            Outcome::Replayed => "replayed",
+            Outcome::KeyConflict => "key_conflict",
         }
     }
 }
@@ -326,7 +348,7 @@ pub struct EventMetrics {
 #[derive(Debug, Default)]
 struct EventCounters {
     /// Purchases by [`Outcome`].
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Last remaining count a store reported.
     remaining: AtomicU64,
     /// Last count of tickets held back in expired reserves that a store reported.
@@ -373,8 +395,9 @@ impl EventMetrics {
 }
 
 /// Routes counted in `ticketd_http_requests_total`, in index order.
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     "buy",
+    "tickets",
     "healthz",
     "readyz",
     "metrics",
@@ -383,12 +406,12 @@ pub const ROUTES: [&str; 6] = [
 ];
 
 /// Status codes counted per route; any other lands in `other`.
-pub const STATUSES: [u16; 10] = [200, 400, 404, 405, 409, 413, 431, 500, 503, 0];
+pub const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 409, 413, 422, 431, 500, 503, 0];
 
 /// Process-wide metrics. Per-event ones are in [`EventMetrics`].
 #[derive(Debug)]
 pub struct Metrics {
-    store_purchases: [[CachePadded<AtomicU64>; 4]; 4],
+    store_purchases: [[CachePadded<AtomicU64>; Outcome::ALL.len()]; 4],
     latency: [CachePadded<Histogram>; 4],
     http: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
     in_flight: CachePadded<AtomicU64>,
@@ -405,6 +428,8 @@ pub struct Metrics {
     settled: AtomicU64,
     shed: AtomicU64,
     conflicts: AtomicU64,
+    over_limit: AtomicU64,
+    keys_twice: AtomicU64,
     held_back: AtomicU64,
     cancel_failed: AtomicU64,
     journal_failed: AtomicU64,
@@ -437,6 +462,8 @@ impl Metrics {
             settled: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            over_limit: AtomicU64::new(0),
+            keys_twice: AtomicU64::new(0),
             held_back: AtomicU64::new(0),
             cancel_failed: AtomicU64::new(0),
             journal_failed: AtomicU64::new(0),
@@ -605,6 +632,21 @@ impl Metrics {
     /// Counts fallback sales that conflicted with the ledger.
     pub fn settle_conflicts(&self, n: u64) {
         self.conflicts.fetch_add(n, Relaxed);
+    }
+
+    /// Counts buyers found over the limit after a settlement.
+    pub fn buyers_over_limit(&self, n: u64) {
+        self.over_limit.fetch_add(n, Relaxed);
+    }
+
+    /// Counts keys found with two sales after a settlement.
+    pub fn keys_used_twice(&self, n: u64) {
+        self.keys_twice.fetch_add(n, Relaxed);
+    }
+
+    /// Buyers over the limit and keys used twice, found by settlements.
+    pub fn buyer_findings(&self) -> (u64, u64) {
+        (self.over_limit.load(Relaxed), self.keys_twice.load(Relaxed))
     }
 
     /// Counts another instance's reserve held back after its lease expired.

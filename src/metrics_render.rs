@@ -254,6 +254,11 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::CONFLICTS.0, &[], conflicts);
     header(out, names::HELD_BACK);
     sample(out, names::HELD_BACK.0, &[], held_back);
+    let (over_limit, keys_twice) = m.buyer_findings();
+    header(out, names::OVER_LIMIT);
+    sample(out, names::OVER_LIMIT.0, &[], over_limit);
+    header(out, names::KEYS_TWICE);
+    sample(out, names::KEYS_TWICE.0, &[], keys_twice);
     let (cancel_failed, journal_failed) = m.failures();
     header(out, names::CANCEL_FAILED);
     sample(out, names::CANCEL_FAILED.0, &[], cancel_failed);
@@ -293,7 +298,7 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     out.extend_from_slice(br#"","store":""#);
     out.extend_from_slice(s.store.as_bytes());
     out.extend_from_slice(br#"","events":{"#);
-    let mut totals = [0u64; 4];
+    let mut totals = [0u64; Outcome::ALL.len()];
     for (i, (e, r)) in s.events.iter().zip(s.remaining).enumerate() {
         if i > 0 {
             out.push(b',');
@@ -368,6 +373,11 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     num(out, settled);
     out.extend_from_slice(br#","conflicts":"#);
     num(out, conflicts);
+    let (over_limit, keys_twice) = m.buyer_findings();
+    out.extend_from_slice(br#","buyers_over_limit":"#);
+    num(out, over_limit);
+    out.extend_from_slice(br#","keys_used_twice":"#);
+    num(out, keys_twice);
     out.extend_from_slice(br#","reserves_held_back":"#);
     num(out, held_back);
     out.extend_from_slice(br#","cancellations_failed":"#);
@@ -467,12 +477,15 @@ mod tests {
         );
         let text = String::from_utf8(out).unwrap();
         let expect_lines = [
-            "# HELP ticketd_purchases_total Purchase attempts by event and outcome (sold, sold_out, unavailable, error).",
+            "# HELP ticketd_purchases_total Purchase attempts by event and outcome (sold, sold_out, unavailable, error; with buyers also limit_reached, replayed, key_conflict).",
             "# TYPE ticketd_purchases_total counter",
             "ticketd_purchases_total{event=\"1\",outcome=\"sold\"} 2",
             "ticketd_purchases_total{event=\"1\",outcome=\"sold_out\"} 1",
             "ticketd_purchases_total{event=\"1\",outcome=\"unavailable\"} 0",
             "ticketd_purchases_total{event=\"1\",outcome=\"error\"} 0",
+            "ticketd_purchases_total{event=\"1\",outcome=\"limit_reached\"} 0",
+            "ticketd_purchases_total{event=\"1\",outcome=\"replayed\"} 0",
+            "ticketd_purchases_total{event=\"1\",outcome=\"key_conflict\"} 0",
             "# HELP ticketd_tickets_sold_total Tickets this instance sold, by event.",
             "# TYPE ticketd_tickets_sold_total counter",
             "ticketd_tickets_sold_total{event=\"1\"} 2",

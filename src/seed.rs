@@ -118,6 +118,9 @@ pub async fn seed_event(
         event.keys.reserved.clone(),
         event.keys.held.clone(),
         event.keys.stale.clone(),
+        event.keys.buyers.clone(),
+        event.keys.idempotency.clone(),
+        event.keys.idempotency_ttl.clone(),
     ];
     let args = vec![
         Value::Integer(capacity as i64),

@@ -13,8 +13,10 @@ pub mod ids;
 pub mod journal;
 pub mod lease_watch;
 pub mod memory;
+pub mod purchaser;
 pub mod redis;
 pub mod reserve;
+pub mod reserve_buyers;
 pub mod resilient;
 pub mod scripts;
 pub mod settle;
@@ -25,8 +27,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::event::Event;
 use crate::metrics::StorePath;
+use crate::store::purchaser::Purchaser;
 
 /// What a store decided for one purchase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +45,20 @@ pub enum Sale {
     },
     /// No ticket is left.
     SoldOut,
+    /// A purchase whose `Idempotency-Key` was answered before: ticket `ticket` again, with the
+    /// `remaining` count of that first answer. Nothing was sold now.
+    Replayed {
+        /// The ticket number of the first answer.
+        ticket: u64,
+        /// What the first answer said was left.
+        remaining: u64,
+    },
+    /// The buyer holds the most tickets of this event one buyer may (`--max-per-buyer`).
+    LimitReached,
+    /// Another purchase with the same buyer and key has not been answered yet.
+    KeyInUse,
+    /// The key was first used for a purchase of another event.
+    KeyReused,
 }
 
 /// Why a store could not decide.
@@ -103,6 +122,21 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         event: &'a Arc<Event>,
     ) -> impl Future<Output = (StorePath, Result<Sale, StoreError>)> + Send + 'a;
+
+    /// Sells one ticket of `event` to the known buyer of `who`, within the per-buyer limit, at
+    /// most once per (buyer, key) when `who` carries an `Idempotency-Key`.
+    fn purchase_by<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        who: &'a Arc<Purchaser>,
+    ) -> impl Future<Output = (StorePath, Result<Sale, StoreError>)> + Send + 'a;
+
+    /// The ticket ids of `event` that `buyer` holds, in ticket order.
+    fn tickets<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        buyer: &'a str,
+    ) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send + 'a;
 
     /// Unsold tickets of each of `events`, in order, read in one round trip.
     fn remaining<'a>(

@@ -76,6 +76,7 @@ async fn a_journal_directory_that_cannot_be_used_stops_start_up() {
             event: "j".into(),
             ticket: format!("j-{n:06}").into_bytes(),
             purchase: b"0000000000000001.1:1".to_vec(),
+            by: None,
             at_ms: n,
         }
         .encode(&mut frames);

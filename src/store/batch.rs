@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::otel::spans;
 use crate::store::cancel::Cancels;
 use crate::store::ids::Ids;
+use crate::store::purchaser::{BuyerPolicy, Purchaser};
 use crate::store::redis::PoolCell;
 use crate::store::scripts::{LuaScript, PURCHASE};
 use crate::store::{Sale, StoreError};
@@ -58,6 +59,8 @@ pub struct Order {
     /// The purchase's span, when tracing is on and it is sampled: the script call that carries
     /// it links to it. Boxed, so an untraced order stays small.
     pub trace: Option<Box<SpanContext>>,
+    /// The known buyer and key; `None` for an anonymous purchase.
+    pub who: Option<Arc<Purchaser>>,
 }
 
 /// What every batcher task shares.
@@ -67,6 +70,8 @@ struct Context {
     timeout: Duration,
     /// Replicas that must hold a round's sales before its buyers hear of them.
     replica_acks: u32,
+    /// The per-buyer limit and key lifetime, passed to calls that carry buyers.
+    policy: BuyerPolicy,
     metrics: Arc<Metrics>,
     cancels: Cancels,
     ids: Arc<Ids>,
@@ -82,12 +87,14 @@ pub struct Batcher {
 impl Batcher {
     /// Spawns one batcher task per client of the `size` clients of `pool`; each round
     /// (including the wait for `replica_acks` replicas) is bounded by `bound`, and each call
-    /// takes its batch id from `ids`.
+    /// takes its batch id from `ids`; calls with buyers follow `policy`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         pool: &Arc<PoolCell>,
         size: usize,
         bound: Duration,
         replica_acks: u32,
+        policy: BuyerPolicy,
         metrics: Arc<Metrics>,
         cancels: Cancels,
         ids: Arc<Ids>,
@@ -96,6 +103,7 @@ impl Batcher {
             script: LuaScript::new(PURCHASE),
             timeout: bound,
             replica_acks,
+            policy,
             metrics,
             cancels,
             ids,
@@ -174,8 +182,25 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         .collect();
     let calls = batches.iter().map(|(range, id)| {
         cx.metrics.redis_batch();
-        let args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
-        let keys = orders[range.start].event.keys.script_keys();
+        let batch = &orders[range.clone()];
+        let mut args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
+        let keys = if batch.iter().any(|o| o.who.is_some()) {
+            // Buyers: the limit, the key lifetime, then (buyer, key) per purchase.
+            args.reserve(2 + 2 * batch.len());
+            args.push(Value::Integer(i64::from(cx.policy.limit())));
+            args.push(Value::Integer(cx.policy.key_ttl_ms()));
+            for o in batch {
+                let (buyer, key) = o
+                    .who
+                    .as_deref()
+                    .map_or(("", ""), |w| (&*w.buyer, w.key_str()));
+                args.push(Value::from(buyer));
+                args.push(Value::from(key));
+            }
+            batch[0].event.keys.buyer_script_keys()
+        } else {
+            batch[0].event.keys.script_keys()
+        };
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
     });
@@ -284,6 +309,21 @@ enum Status {
     Missing,
 }
 
+/// What the script decided for one purchase of a batch with buyers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// Sold now: the next ticket of the reply.
+    Sold,
+    /// The pool was empty.
+    Empty,
+    /// The buyer holds the limit already.
+    Limit,
+    /// The same key is used by an earlier purchase of the batch.
+    InUse,
+    /// The key was answered before: this ticket and remaining count again.
+    Replayed(u64, u64),
+}
+
 /// The script's reply for one batch (see `lua/purchase.lua`).
 #[derive(Debug, PartialEq, Eq)]
 struct Reply {
@@ -294,6 +334,8 @@ struct Reply {
     reserved: u64,
     /// The tickets sold (number, id), in the order the batch's purchases get them.
     tickets: Vec<(u64, Bytes)>,
+    /// With buyers: one decision per purchase (the sold ones take `tickets` in order).
+    said: Option<Vec<Said>>,
 }
 
 impl Reply {
@@ -303,8 +345,10 @@ impl Reply {
         let Value::Array(items) = reply else {
             return Err(bad("no array"));
         };
-        let [status, unsold, reserved, tickets] = items.as_slice() else {
-            return Err(bad("wrong length"));
+        let (status, unsold, reserved, tickets, said) = match items.as_slice() {
+            [a, b, c, d] => (a, b, c, d, None),
+            [a, b, c, d, e] => (a, b, c, d, Some(e)),
+            _ => return Err(bad("wrong length")),
         };
         let number = |v: &Value| v.as_u64().ok_or_else(|| bad("no count"));
         let raw = match tickets {
@@ -331,37 +375,91 @@ impl Reply {
             Some(_) => return Err(bad("unknown status")),
             None => return Err(bad("no status")),
         };
+        let said = match said {
+            None => None,
+            Some(v) => {
+                let raw = v.as_str().ok_or_else(|| bad("no outcomes"))?;
+                let mut out = Vec::new();
+                for token in raw.split(' ').filter(|t| !t.is_empty()) {
+                    out.push(Said::parse(token, event).ok_or_else(|| bad("unknown outcome"))?);
+                }
+                Some(out)
+            }
+        };
         Ok(Self {
             status,
             unsold: number(unsold)?,
             reserved: number(reserved)?,
             tickets,
+            said,
+        })
+    }
+}
+
+impl Said {
+    /// One token of the outcomes: `S`, `-`, `L`, `K` or `R:<ticket>:<remaining>`.
+    fn parse(token: &str, event: &Event) -> Option<Self> {
+        Some(match token {
+            "S" => Said::Sold,
+            "-" => Said::Empty,
+            "L" => Said::Limit,
+            "K" => Said::InUse,
+            _ => {
+                let rest = token.strip_prefix("R:")?;
+                let (ticket, remaining) = rest.rsplit_once(':')?;
+                Said::Replayed(
+                    event.parse_ticket_id(ticket.as_bytes())?,
+                    remaining.parse().ok()?,
+                )
+            }
         })
     }
 }
 
 /// Answers the purchases of one batch from its reply: the first ones get the tickets, in order;
-/// the rest found the pool empty. Tickets whose buyers left are queued to be given back.
+/// the rest found the pool empty (with buyers, each purchase gets the script's own decision).
+/// Tickets whose buyers left are queued to be given back.
 fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
     let m = reply.tickets.len();
     let mut orphans = Vec::new();
     let event = batch[0].event.clone();
-    for (k, order) in batch.into_iter().enumerate() {
-        let answer = match reply.status {
-            Status::Sold if k < m => Ok(Sale::Sold {
-                ticket: reply.tickets[k].0,
-                remaining: reply.unsold + (m - k - 1) as u64,
-            }),
-            Status::Sold if reply.reserved > 0 => Err(StoreError::HeldInReserves(reply.reserved)),
+    let empty = || {
+        if reply.reserved > 0 {
+            Err(StoreError::HeldInReserves(reply.reserved))
+        } else if event.limbo.load(Relaxed) > 0 {
             // Tickets this instance is still giving back may return: not sold out yet.
-            Status::Sold if event.limbo.load(Relaxed) > 0 => Err(StoreError::InLimbo),
-            Status::Sold => Ok(Sale::SoldOut),
-            Status::Cancelled => Err(StoreError::Cancelled),
-            Status::Missing => Err(StoreError::MissingInRedis),
+            Err(StoreError::InLimbo)
+        } else {
+            Ok(Sale::SoldOut)
+        }
+    };
+    let mut sold = 0;
+    for (k, order) in batch.into_iter().enumerate() {
+        let said = match &reply.said {
+            Some(said) => said.get(k).copied().unwrap_or(Said::Empty),
+            None if k < m => Said::Sold,
+            None => Said::Empty,
+        };
+        let answer = match (reply.status, said) {
+            (Status::Sold, Said::Sold) if sold < m => {
+                sold += 1;
+                Ok(Sale::Sold {
+                    ticket: reply.tickets[sold - 1].0,
+                    remaining: reply.unsold + (m - sold) as u64,
+                })
+            }
+            (Status::Sold, Said::Sold | Said::Empty) => empty(),
+            (Status::Sold, Said::Limit) => Ok(Sale::LimitReached),
+            (Status::Sold, Said::InUse) => Ok(Sale::KeyInUse),
+            (Status::Sold, Said::Replayed(ticket, remaining)) => {
+                Ok(Sale::Replayed { ticket, remaining })
+            }
+            (Status::Cancelled, _) => Err(StoreError::Cancelled),
+            (Status::Missing, _) => Err(StoreError::MissingInRedis),
         };
         if let Err(Ok(Sale::Sold { .. })) = order.reply.send(answer) {
             // Sold to a buyer who is gone: nobody will ever receive this ticket.
-            orphans.push(reply.tickets[k].1.clone());
+            orphans.push(reply.tickets[sold - 1].1.clone());
         }
     }
     if !orphans.is_empty() {
@@ -378,6 +476,7 @@ mod tests {
             event: event.clone(),
             reply: oneshot::channel().0,
             trace: None,
+            who: None,
         }
     }
 
@@ -472,6 +571,7 @@ mod tests {
             script: LuaScript::new(PURCHASE),
             timeout: Duration::from_secs(1),
             replica_acks: 0,
+            policy: BuyerPolicy::default(),
             metrics: Arc::new(Metrics::new()),
             cancels: Cancels::new(),
             ids: Arc::new(Ids::random()),
@@ -485,6 +585,7 @@ mod tests {
                             event: e.clone(),
                             reply: tx,
                             trace: None,
+                            who: None,
                         },
                         rx,
                     )
@@ -503,6 +604,7 @@ mod tests {
                 (1, Bytes::from_static(b"7-000001")),
                 (2, Bytes::from_static(b"7-000002")),
             ],
+            said: None,
         };
         let got = answers(sold(Status::Sold, 0), 3);
         assert_eq!(
@@ -537,11 +639,13 @@ mod tests {
                 event: e.clone(),
                 reply: tx2,
                 trace: None,
+                who: None,
             },
             Order {
                 event: e.clone(),
                 reply: tx,
                 trace: None,
+                who: None,
             },
         ];
         answer(
@@ -561,6 +665,7 @@ mod tests {
                 unsold: 0,
                 reserved: 0,
                 tickets: vec![],
+                said: None,
             };
             let got = answers(r, 1);
             assert!(

@@ -220,7 +220,7 @@ async fn work(
             let mut args = Vec::with_capacity(1 + p.tickets.len());
             args.push(Value::Bytes(p.batch.clone()));
             args.extend(p.tickets.iter().cloned().map(Value::Bytes));
-            let call = script.run::<i64>(client, p.event.keys.script_keys(), args, || {
+            let call = script.run::<i64>(client, p.event.keys.buyer_script_keys(), args, || {
                 metrics.script_reloaded()
             });
             timeout(bound, call)

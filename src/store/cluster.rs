@@ -30,8 +30,9 @@ use crate::metrics::{Metrics, StorePath};
 use crate::store::fallback::FallbackOptions;
 use crate::store::ids::Ids;
 use crate::store::journal::{Journal, Record};
+use crate::store::purchaser::Purchaser;
 use crate::store::redis::{build_pool, check_durability, RedisOptions, RedisStore};
-use crate::store::resilient::ResilientStore;
+use crate::store::resilient::{claim_refused, ResilientStore};
 use crate::store::topology::{Scope, Shard, SlotTable, Topology};
 use crate::store::{Sale, Store, StoreError};
 
@@ -140,8 +141,32 @@ impl ClusterStore {
 
     /// The shard store serving `event` now.
     fn shard(&self, event: &Event) -> Option<Arc<ShardStore>> {
-        let n = self.inner.table.shard_of(event.slot)?;
+        self.shard_of_slot(event.slot)
+    }
+
+    /// The store of the shard serving `slot`.
+    fn shard_of_slot(&self, slot: u16) -> Option<Arc<ShardStore>> {
+        let n = self.inner.table.shard_of(slot)?;
         self.inner.shards.read().get(n).cloned()
+    }
+
+    /// Sells one ticket of `event` to `who` (anonymous: `None`) on the event's shard.
+    async fn sell(
+        &self,
+        event: &Arc<Event>,
+        who: Option<&Arc<Purchaser>>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
+        let Some(shard) = self.shard(event) else {
+            return (StorePath::Redis, Err(StoreError::NotConnected));
+        };
+        let (path, result) = shard.store.sell(event, who).await;
+        let moved_or_down = |e: &StoreError| e.is_outage() || e.never_ran();
+        if path == StorePath::Fallback || result.as_ref().is_err_and(moved_or_down) {
+            // The shard failed, or its node no longer serves the slot: read the layout now
+            // rather than within a second (a failover, a resharding).
+            self.inner.wake.notify_one();
+        }
+        (path, result)
     }
 
     /// Each shard's label and primary (`host:port`), in shard order.
@@ -461,17 +486,37 @@ impl Store for ClusterStore {
         &'a self,
         event: &'a Arc<Event>,
     ) -> (StorePath, Result<Sale, StoreError>) {
-        let Some(shard) = self.shard(event) else {
-            return (StorePath::Redis, Err(StoreError::NotConnected));
-        };
-        let (path, result) = shard.store.purchase(event).await;
-        let moved_or_down = |e: &StoreError| e.is_outage() || e.never_ran();
-        if path == StorePath::Fallback || result.as_ref().is_err_and(moved_or_down) {
-            // The shard failed, or its node no longer serves the slot: read the layout now
-            // rather than within a second (a failover, a resharding).
-            self.inner.wake.notify_one();
+        self.sell(event, None).await
+    }
+
+    async fn purchase_by<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        who: &'a Arc<Purchaser>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
+        // The key's binding lives in the slot of the buyer, which another shard may serve.
+        if let Some(claim) = who.claim_key() {
+            let slot = fred::util::redis_keyslot(claim.as_bytes());
+            let bound = match self.shard_of_slot(slot) {
+                Some(shard) => shard.store.claim(who, &event.id).await,
+                None => Err(StoreError::NotConnected),
+            };
+            if claim_refused(bound, who, event) {
+                return (StorePath::Redis, Ok(Sale::KeyReused));
+            }
         }
-        (path, result)
+        self.sell(event, Some(who)).await
+    }
+
+    async fn tickets<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        buyer: &'a str,
+    ) -> Result<Vec<bytes::Bytes>, StoreError> {
+        match self.shard(event) {
+            Some(shard) => shard.store.tickets(event, buyer).await,
+            None => Err(StoreError::NotConnected),
+        }
     }
 
     async fn remaining<'a>(&'a self, events: &'a [Arc<Event>]) -> Result<Vec<u64>, StoreError> {

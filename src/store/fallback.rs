@@ -15,8 +15,10 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::Catalog;
 use crate::event::{Event, EventKeys};
 use crate::store::journal::Journal;
+use crate::store::purchaser::Attribution;
 use crate::store::redis::RedisStore;
 use crate::store::reserve::{FallbackSale, Reserve};
+use crate::store::reserve_buyers::ReserveBuyers;
 use crate::store::scripts::LuaScript;
 use crate::store::topology::Scope;
 use crate::store::StoreError;
@@ -64,6 +66,9 @@ pub struct EventReserve {
     pub sell_until_ms: AtomicU64,
     /// Told when the supervisor swapped `current` (handed back or refilled).
     pub swapped: tokio::sync::Notify,
+    /// Known buyers' sales from this event's reserves: the limit and keys while Redis cannot
+    /// tell, and who each unsettled sale went to.
+    pub buyers: Mutex<ReserveBuyers>,
 }
 
 impl EventReserve {
@@ -84,6 +89,8 @@ pub struct RecoveredSale {
     pub purchase: Bytes,
     /// When it was sold, unix ms.
     pub at_ms: u64,
+    /// The known buyer, its key and what it was told; `None`: anonymous.
+    pub by: Option<Attribution>,
 }
 
 /// State shared by the request path and the supervisor.
@@ -240,6 +247,7 @@ impl Shared {
                     unsettled: Mutex::new(Vec::new()),
                     sell_until_ms: AtomicU64::new(0),
                     swapped: tokio::sync::Notify::new(),
+                    buyers: Mutex::new(ReserveBuyers::default()),
                 })
             })
             .clone()

@@ -27,6 +27,7 @@ use crate::metrics::{Metrics, RedisErrorKind};
 use crate::store::batch::{Batcher, Order};
 use crate::store::cancel::{Cancels, PendingCancel};
 use crate::store::ids::Ids;
+use crate::store::purchaser::{BuyerPolicy, Purchaser};
 use crate::store::{Sale, StoreError};
 
 /// How to reach Redis.
@@ -45,6 +46,8 @@ pub struct RedisOptions {
     pub queue_timeout: Duration,
     /// Replicas that must acknowledge every write before it counts (`WAIT`); 0: none.
     pub replica_acks: u32,
+    /// The per-buyer limit and key lifetime.
+    pub buyers: BuyerPolicy,
 }
 
 impl RedisOptions {
@@ -57,6 +60,7 @@ impl RedisOptions {
             max_in_flight: 1024,
             queue_timeout: Duration::from_secs(2),
             replica_acks: 0,
+            buyers: BuyerPolicy::default(),
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct RedisStore {
     pool: Arc<PoolCell>,
     /// Replicas that must hold a write before it counts.
     replica_acks: u32,
+    /// The per-buyer limit and key lifetime.
+    policy: BuyerPolicy,
     /// Gathers concurrent purchases into one script call per event.
     batcher: Batcher,
     timeout: Duration,
@@ -215,12 +221,14 @@ impl RedisStore {
                 size,
                 timeout,
                 options.replica_acks,
+                options.buyers,
                 metrics.clone(),
                 cancels.clone(),
                 ids.clone(),
             ),
             pool,
             replica_acks: options.replica_acks,
+            policy: options.buyers,
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
@@ -284,6 +292,11 @@ impl RedisStore {
         replicated(client, fence, self.replica_acks, bound).await
     }
 
+    /// The per-buyer limit and key lifetime.
+    pub fn policy(&self) -> BuyerPolicy {
+        self.policy
+    }
+
     /// Replicas that must hold a write before it counts.
     pub fn replica_acks(&self) -> u32 {
         self.replica_acks
@@ -321,6 +334,20 @@ impl RedisStore {
     /// # Errors
     /// See [`StoreError`]; [`StoreError::is_outage`] tells a failing Redis from an answer.
     pub async fn purchase(&self, event: &Arc<Event>) -> Result<Sale, StoreError> {
+        self.purchase_as(event, None).await
+    }
+
+    /// [`RedisStore::purchase`] by a known buyer (`who`), or anonymous (`None`). The script
+    /// enforces the limit and answers a repeated key; binding the key to its event
+    /// ([`RedisStore::claim`]) is the caller's step before.
+    ///
+    /// # Errors
+    /// See [`RedisStore::purchase`].
+    pub async fn purchase_as(
+        &self,
+        event: &Arc<Event>,
+        who: Option<Arc<Purchaser>>,
+    ) -> Result<Sale, StoreError> {
         let _slot = match self.in_flight.try_acquire() {
             Ok(slot) => slot,
             Err(_) => match timeout(self.queue_timeout, self.in_flight.acquire()).await {
@@ -340,6 +367,7 @@ impl RedisStore {
             } else {
                 None
             },
+            who,
         };
         let result = match self.batcher.submit(order) {
             // The batcher answers every order within the timeout: no timer here. It stops only
@@ -355,6 +383,65 @@ impl RedisStore {
             }
         }
         result
+    }
+
+    /// Binds `who`'s key to `event`, unless it is bound already: `Ok(true)` when it is bound to
+    /// `event` (now or before), `Ok(false)` when to another event (the request is refused with
+    /// `422`). The binding lives as long as the key's answer (`SET NX GET PX`). Call it on the
+    /// store that serves the slot of [`Purchaser::claim_key`].
+    ///
+    /// # Errors
+    /// A Redis error, not connected, or the timeout.
+    pub async fn claim(&self, who: &Purchaser, event: &str) -> Result<bool, StoreError> {
+        let Some(key) = who.claim_key() else {
+            return Ok(true);
+        };
+        let client = self.pool.client();
+        if !client.is_connected() {
+            return Err(StoreError::NotConnected);
+        }
+        let ttl = fred::types::Expiration::PX(self.policy.key_ttl_ms());
+        let set = client.set::<Option<String>, _, _>(
+            key,
+            event,
+            Some(ttl),
+            Some(fred::types::SetOptions::NX),
+            true,
+        );
+        match timeout(self.timeout, set).await {
+            Ok(Ok(None)) => Ok(true),
+            Ok(Ok(Some(bound))) => Ok(bound == event),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The tickets of `event` that `buyer` holds, in ticket order (one `ZRANGEBYLEX`).
+    ///
+    /// # Errors
+    /// A Redis error, not connected, or the timeout.
+    pub async fn tickets(&self, event: &Event, buyer: &str) -> Result<Vec<Bytes>, StoreError> {
+        let client = self.pool.client();
+        if !client.is_connected() {
+            return Err(StoreError::NotConnected);
+        }
+        let range = vec![
+            Value::from(format!("[{buyer}\n")),
+            Value::from(format!("({buyer}\u{b}")),
+        ];
+        let mut args = vec![Value::from(event.keys.buyers.clone())];
+        args.extend(range);
+        let read = client.custom::<Vec<Bytes>, _>(fred::cmd!("ZRANGEBYLEX"), args);
+        let members = match timeout(self.timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        };
+        let skip = buyer.len() + 1;
+        Ok(members
+            .into_iter()
+            .filter(|m| m.len() > skip)
+            .map(|m| m.slice(skip..))
+            .collect())
     }
 
     /// Unsold tickets (pool + every live reserve) of each of `events`, in one pipelined round

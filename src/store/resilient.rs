@@ -19,8 +19,10 @@ use crate::event::Event;
 use crate::metrics::StorePath;
 use crate::store::fallback::{unix_ms, EventReserve, FallbackOptions, RecoveredSale, Shared};
 use crate::store::journal::{Journal, Record};
+use crate::store::purchaser::Purchaser;
 use crate::store::redis::RedisStore;
 use crate::store::reserve::Reserve;
+use crate::store::reserve_buyers::Before;
 use crate::store::topology::Scope;
 use crate::store::{Sale, Store, StoreError};
 
@@ -85,11 +87,13 @@ impl ResilientStore {
                     ticket,
                     purchase,
                     at_ms,
+                    by,
                 } => sales.push(RecoveredSale {
                     event,
                     ticket: ticket.into(),
                     purchase: purchase.into(),
                     at_ms,
+                    by,
                 }),
                 Record::Cancel {
                     event,
@@ -140,37 +144,45 @@ impl ResilientStore {
     }
 
     /// Sells from the reserve while Redis is failing.
-    async fn sell_from_reserve(&self, event: &Event) -> Result<Sale, StoreError> {
+    async fn sell_from_reserve(
+        &self,
+        event: &Event,
+        who: Option<&Arc<Purchaser>>,
+    ) -> Result<Sale, StoreError> {
         let s = &self.shared;
         let Some(er) = s.reserves.read().get(&*event.id).cloned() else {
             return Err(StoreError::ReserveSpent);
         };
         let reserve = self.usable_reserve(&er).ok_or(StoreError::ReserveSpent)?;
-        let ticket = self
-            .take(&er, &reserve)
+        let remaining = event.metrics.remaining().saturating_sub(1);
+        self.take(&er, &reserve, who, remaining)
             .await
-            .ok_or(StoreError::ReserveSpent)??;
-        Ok(Sale::Sold {
-            ticket,
-            remaining: event.metrics.remaining().saturating_sub(1),
-        })
+            .ok_or(StoreError::ReserveSpent)?
     }
 
-    /// Sells one ticket of `reserve` and makes the sale durable in the journal before the buyer
-    /// hears of it. `None`: nothing left to sell. A sale the journal could not write stays
-    /// recorded (it is settled as sold to nobody), and the buyer gets `503`.
-    async fn take(&self, er: &EventReserve, reserve: &Reserve) -> Option<Result<u64, StoreError>> {
+    /// Sells one ticket of `reserve` (to `who`, within what this instance knows of the limit
+    /// and the key) and makes the sale durable in the journal before the buyer hears of it.
+    /// `None`: nothing left to sell. A sale the journal could not write stays recorded (it is
+    /// settled as sold to nobody), and the buyer gets `503`.
+    async fn take(
+        &self,
+        er: &EventReserve,
+        reserve: &Reserve,
+        who: Option<&Arc<Purchaser>>,
+        remaining: u64,
+    ) -> Option<Result<Sale, StoreError>> {
         if !crate::otel::spans::in_trace() {
-            return self.take_untraced(er, reserve).await;
+            return self.take_untraced(er, reserve, who, remaining).await;
         }
         let span = crate::otel::spans::fallback_sale(&er.event);
-        let taken = Box::pin(self.take_untraced(er, reserve))
+        let taken = Box::pin(self.take_untraced(er, reserve, who, remaining))
             .instrument(span.clone())
             .await;
         match &taken {
-            Some(Ok(ticket)) => {
+            Some(Ok(Sale::Sold { ticket, .. })) => {
                 span.record("ticketd.ticket", er.event.ticket_id(*ticket));
             }
+            Some(Ok(_)) => {}
             Some(Err(e)) => crate::otel::spans::record_error(&span, e),
             None => crate::otel::spans::record_error(&span, &"reserve spent"),
         }
@@ -181,7 +193,9 @@ impl ResilientStore {
         &self,
         er: &EventReserve,
         reserve: &Reserve,
-    ) -> Option<Result<u64, StoreError>> {
+        who: Option<&Arc<Purchaser>>,
+        remaining: u64,
+    ) -> Option<Result<Sale, StoreError>> {
         let s = &self.shared;
         if s.journal.is_broken() {
             s.redis.metrics().journal_failed();
@@ -190,7 +204,24 @@ impl ResilientStore {
         }
         let purchase = s.redis.next_purchase();
         let at_ms = unix_ms();
-        let ticket = reserve.take(purchase, at_ms)?;
+        let ticket = match who {
+            None => reserve.take(purchase, at_ms)?,
+            Some(who) => {
+                let mut buyers = er.buyers.lock();
+                if let Before::Answer(sale) = buyers.before(who, s.redis.policy().limit()) {
+                    return Some(Ok(sale));
+                }
+                // Who it went to is known before the sale can be seen by the settlement.
+                buyers.attribute(who, purchase, remaining);
+                match reserve.take(purchase, at_ms) {
+                    Some(ticket) => ticket,
+                    None => {
+                        buyers.unbuy(who, purchase);
+                        return None;
+                    }
+                }
+            }
+        };
         let mut id = Vec::with_capacity(er.event.id.len() + 8);
         er.event.write_ticket_id(ticket, &mut id);
         let record = Record::Sale {
@@ -198,9 +229,20 @@ impl ResilientStore {
             ticket: id,
             purchase: s.redis.purchase_id(purchase).to_vec(),
             at_ms,
+            by: who.map(|w| crate::store::purchaser::Attribution {
+                buyer: w.buyer.clone(),
+                key: w.key_str().into(),
+                remaining,
+            }),
         };
         Some(match s.journal.append(record).await {
-            Ok(()) => Ok(ticket),
+            Ok(()) => {
+                if let Some(who) = who {
+                    // Only a durable sale is answered again for its key.
+                    er.buyers.lock().answered(who, ticket, remaining);
+                }
+                Ok(Sale::Sold { ticket, remaining })
+            }
             Err(e) => {
                 s.redis.metrics().journal_failed();
                 Err(StoreError::Journal(e))
@@ -221,7 +263,12 @@ impl ResilientStore {
     /// own reserve (settled within a heartbeat), or decide sold out when every reserved ticket
     /// is one of ours and sold, or ask the buyer to retry while other instances hand theirs
     /// back. While our own reserve is being handed back, waits (bounded) for that and says so.
-    async fn end_game(&self, event: &Event, reserved: u64) -> EndGame {
+    async fn end_game(
+        &self,
+        event: &Event,
+        reserved: u64,
+        who: Option<&Arc<Purchaser>>,
+    ) -> EndGame {
         let s = &self.shared;
         let Some(er) = s.reserves.read().get(&*event.id).cloned() else {
             return EndGame::Retry;
@@ -233,12 +280,11 @@ impl ResilientStore {
         // Our tickets that Redis still counts as reserved: held in the list, or sold and not
         // yet settled. Read only here, at the end of a sale, never on the fallback path.
         let ours = reserve.held_in_redis() + er.unsettled.lock().len() as u64;
-        if let Some(sold) = self.take(&er, &reserve).await {
+        if let Some(sale) = self
+            .take(&er, &reserve, who, reserved.saturating_sub(1))
+            .await
+        {
             s.wake.notify_one(); // settle soon
-            let sale = sold.map(|ticket| Sale::Sold {
-                ticket,
-                remaining: reserved.saturating_sub(1),
-            });
             return EndGame::Done(StorePath::Reserve, sale);
         }
         if reserve.is_closed() {
@@ -261,20 +307,35 @@ impl ResilientStore {
     }
 }
 
-impl Store for ResilientStore {
-    async fn purchase<'a>(
-        &'a self,
-        event: &'a Arc<Event>,
+impl ResilientStore {
+    /// Binds `who`'s key to `event` in Redis (see [`RedisStore::claim`]); while Redis is down,
+    /// nothing can be checked across instances: `Ok(true)`.
+    ///
+    /// # Errors
+    /// Redis failed.
+    pub async fn claim(&self, who: &Purchaser, event: &str) -> Result<bool, StoreError> {
+        if self.shared.in_fallback() || who.key.is_none() {
+            return Ok(true);
+        }
+        self.shared.redis.claim(who, event).await
+    }
+
+    /// Sells one ticket of `event` to `who` (anonymous: `None`) from Redis, or from the
+    /// reserve while Redis fails. The key must be claimed before, if the caller cares.
+    pub async fn sell(
+        &self,
+        event: &Arc<Event>,
+        who: Option<&Arc<Purchaser>>,
     ) -> (StorePath, Result<Sale, StoreError>) {
         let s = &self.shared;
         let mut attempts = 0;
         while !s.in_fallback() {
             attempts += 1;
-            match s.redis.purchase(event).await {
+            match s.redis.purchase_as(event, who.cloned()).await {
                 Ok(sale) => return (StorePath::Redis, Ok(sale)),
                 Err(e) if e.is_outage() => s.trip(&e),
                 Err(StoreError::HeldInReserves(reserved)) => {
-                    match self.end_game(event, reserved).await {
+                    match self.end_game(event, reserved, who).await {
                         EndGame::Done(path, result) => return (path, result),
                         EndGame::Retry if attempts < 3 => continue,
                         EndGame::Retry => {
@@ -291,7 +352,57 @@ impl Store for ResilientStore {
                 }
             }
         }
-        (StorePath::Fallback, self.sell_from_reserve(event).await)
+        (
+            StorePath::Fallback,
+            self.sell_from_reserve(event, who).await,
+        )
+    }
+}
+
+/// A key bound to another event is refused; a claim Redis could not answer lets the purchase
+/// go on (the event's own script still answers a repeated key), and is logged.
+pub(crate) fn claim_refused(
+    claim: Result<bool, StoreError>,
+    who: &Purchaser,
+    event: &Event,
+) -> bool {
+    match claim {
+        Ok(bound_here) => !bound_here,
+        Err(e) => {
+            tracing::debug!(event = %event.id, buyer = %who.buyer, error = %e, "could not bind the Idempotency-Key to its event; going on without the check against other events");
+            false
+        }
+    }
+}
+
+impl Store for ResilientStore {
+    async fn purchase<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
+        self.sell(event, None).await
+    }
+
+    async fn purchase_by<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        who: &'a Arc<Purchaser>,
+    ) -> (StorePath, Result<Sale, StoreError>) {
+        if claim_refused(self.claim(who, &event.id).await, who, event) {
+            return (StorePath::Redis, Ok(Sale::KeyReused));
+        }
+        self.sell(event, Some(who)).await
+    }
+
+    async fn tickets<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        buyer: &'a str,
+    ) -> Result<Vec<bytes::Bytes>, StoreError> {
+        if self.shared.in_fallback() {
+            return Err(StoreError::NotConnected);
+        }
+        self.shared.redis.tickets(event, buyer).await
     }
 
     async fn remaining<'a>(&'a self, events: &'a [Arc<Event>]) -> Result<Vec<u64>, StoreError> {

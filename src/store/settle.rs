@@ -10,11 +10,12 @@ use fred::types::{Key, Value};
 
 use crate::event::EventKeys;
 use crate::store::fallback::{EventReserve, RecoveredSale, Shared};
+use crate::store::purchaser::Attribution;
 use crate::store::reserve::FallbackSale;
 use crate::store::scripts::LuaScript;
 use crate::store::StoreError;
 
-/// Sales per settle call (three arguments each).
+/// Sales per settle call (six arguments each).
 const SETTLE_CHUNK: usize = 300;
 
 /// One sale as the script takes it.
@@ -22,6 +23,8 @@ struct Owed {
     ticket: Bytes,
     purchase: Bytes,
     at_ms: u64,
+    /// The known buyer, its key and what it was told.
+    by: Option<Arc<Attribution>>,
 }
 
 /// Writes every fallback sale of `er` not yet in the ledger. Returns how many were written.
@@ -36,20 +39,27 @@ pub async fn settle(s: &Shared, script: &LuaScript, er: &EventReserve) -> Result
     if sales.is_empty() {
         return Ok(0);
     }
-    let owed: Vec<Owed> = sales
-        .iter()
-        .map(|sale| {
-            let mut ticket = Vec::new();
-            er.event.write_ticket_id(sale.ticket, &mut ticket);
-            Owed {
-                ticket: ticket.into(),
-                purchase: s.redis.purchase_id(sale.purchase),
-                at_ms: sale.at_ms,
-            }
-        })
-        .collect();
+    let owed: Vec<Owed> = {
+        let buyers = er.buyers.lock();
+        sales
+            .iter()
+            .map(|sale| {
+                let mut ticket = Vec::new();
+                er.event.write_ticket_id(sale.ticket, &mut ticket);
+                Owed {
+                    ticket: ticket.into(),
+                    purchase: s.redis.purchase_id(sale.purchase),
+                    at_ms: sale.at_ms,
+                    by: buyers.attribution(sale.purchase),
+                }
+            })
+            .collect()
+    };
     let keys = keys(&er.event.keys, er.key.clone());
     let (done, result) = write(s, script, &er.event.id, keys, &owed).await;
+    er.buyers
+        .lock()
+        .settled(sales[..done].iter().map(|sale| sale.purchase));
     // Whatever was not written goes back to the queue; the current reserve's mark moves only
     // when all its sales are in.
     if done < sales.len() {
@@ -86,6 +96,7 @@ pub async fn settle_recovered(s: &Shared, script: &LuaScript) -> Result<u64, Sto
                 ticket: r.ticket.clone(),
                 purchase: r.purchase.clone(),
                 at_ms: r.at_ms,
+                by: r.by.clone().map(Arc::new),
             })
             .collect();
         let (done, r) = write(s, script, event, keys, &owed).await;
@@ -119,6 +130,9 @@ fn keys(event: &EventKeys, reserve: Key) -> Vec<Key> {
         event.sold.clone(),
         event.held.clone(),
         event.stale.clone(),
+        event.buyers.clone(),
+        event.idempotency.clone(),
+        event.idempotency_ttl.clone(),
     ]
 }
 
@@ -132,12 +146,22 @@ async fn write(
 ) -> (usize, Result<(), StoreError>) {
     let mut done = 0;
     for chunk in owed.chunks(SETTLE_CHUNK) {
-        let mut args = Vec::with_capacity(1 + chunk.len() * 3);
+        let policy = s.redis.policy();
+        let mut args = Vec::with_capacity(3 + chunk.len() * 6);
         args.push(Value::from(s.redis.instance()));
+        args.push(Value::Integer(i64::from(policy.limit())));
+        args.push(Value::Integer(policy.key_ttl_ms()));
         for sale in chunk {
             args.push(Value::Bytes(sale.ticket.clone()));
             args.push(Value::Bytes(sale.purchase.clone()));
             args.push(Value::Integer(sale.at_ms as i64));
+            let (buyer, key, remaining) = sale
+                .by
+                .as_deref()
+                .map_or(("", "", 0), |b| (&*b.buyer, &*b.key, b.remaining));
+            args.push(Value::from(buyer));
+            args.push(Value::from(key));
+            args.push(Value::Integer(remaining as i64));
         }
         let span = tracing::info_span!(target: crate::otel::TARGET, "settle", ticketd.event = event, ticketd.sales = chunk.len());
         let call = s.call::<Vec<Value>>(script, keys.clone(), args);
@@ -156,12 +180,19 @@ async fn write(
     (done, Ok(()))
 }
 
-/// Counts and logs what `settle.lua` answered: `{settled, already, late, conflicts...}`.
+/// Counts and logs what `settle.lua` answered: `{settled, already, late, {conflicts},
+/// {buyers over the limit}, {keys used for two sales}}`.
 fn report(s: &Shared, event: &str, reply: &[Value]) {
     let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0) as u64;
+    let list = |i: usize| -> Vec<String> {
+        match reply.get(i) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_string).collect(),
+            _ => Vec::new(),
+        }
+    };
     let m = s.redis.metrics();
     m.fallback_settled(int(0) + int(2));
-    let conflicts: Vec<String> = reply.iter().skip(3).filter_map(|v| v.as_string()).collect();
+    let conflicts = list(3);
     if !conflicts.is_empty() {
         m.settle_conflicts(conflicts.len() as u64);
         tracing::error!(
@@ -175,6 +206,27 @@ fn report(s: &Shared, event: &str, reply: &[Value]) {
             event,
             count = int(2),
             "fallback sales whose tickets an operator had released: recorded as sold, and marked so that whoever pops them next skips them"
+        );
+    }
+    let over = list(4);
+    if !over.is_empty() {
+        m.buyers_over_limit(over.len() as u64);
+        let over: Vec<String> = over.iter().map(|b| b.replace('\n', " holds ")).collect();
+        tracing::warn!(
+            event,
+            buyers = over.len(),
+            over = ?over,
+            "BUYERS OVER THE LIMIT: while Redis was down, instances sold these buyers tickets each within what it knew; together they hold more than --max-per-buyer"
+        );
+    }
+    let twice = list(5);
+    if !twice.is_empty() {
+        m.keys_used_twice(twice.len() as u64);
+        let twice: Vec<String> = twice.iter().map(|k| k.replace('\n', " key ")).collect();
+        tracing::warn!(
+            event,
+            keys = ?twice,
+            "IDEMPOTENCY KEYS USED FOR TWO SALES: while Redis was down, a repeated purchase reached another instance and bought a second ticket; the key now answers the first"
         );
     }
 }

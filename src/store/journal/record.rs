@@ -9,6 +9,8 @@
 
 use crc32fast::Hasher;
 
+use crate::store::purchaser::Attribution;
+
 /// First byte of every frame.
 const MAGIC: u8 = 0xD7;
 /// Bytes before a frame's payload.
@@ -18,6 +20,8 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 
 const KIND_SALE: u8 = 1;
 const KIND_CANCEL: u8 = 2;
+/// A sale to a known buyer: the fields of a sale, then buyer, key and remaining count.
+const KIND_SALE_BY: u8 = 3;
 
 /// One journaled fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub enum Record {
         purchase: Vec<u8>,
         /// When it was sold, unix ms.
         at_ms: u64,
+        /// The known buyer, its key and what it was told; `None`: anonymous.
+        by: Option<Attribution>,
     },
     /// A purchase batch of unknown outcome, to be made void (`tickets` empty), or tickets of a
     /// batch whose buyers left, to be given back: journaled as it is queued, so a crash or a
@@ -55,6 +61,7 @@ impl Record {
             ticket: format!("e-{n:06}").into_bytes(),
             purchase: format!("00ff00ff00ff00ff.3:{n}").into_bytes(),
             at_ms: 1_700_000_000_000 + n,
+            by: None,
         }
     }
 
@@ -68,12 +75,21 @@ impl Record {
                 ticket,
                 purchase,
                 at_ms,
+                by,
             } => {
                 field(out, event.as_bytes());
                 field(out, ticket);
                 field(out, purchase);
                 out.extend_from_slice(&at_ms.to_le_bytes());
-                KIND_SALE
+                match by {
+                    None => KIND_SALE,
+                    Some(by) => {
+                        field(out, by.buyer.as_bytes());
+                        field(out, by.key.as_bytes());
+                        out.extend_from_slice(&by.remaining.to_le_bytes());
+                        KIND_SALE_BY
+                    }
+                }
             }
             Record::Cancel {
                 event,
@@ -99,11 +115,20 @@ impl Record {
     fn decode(kind: u8, payload: &[u8]) -> Option<Self> {
         let mut r = Reader(payload);
         let record = match kind {
-            KIND_SALE => Record::Sale {
+            KIND_SALE | KIND_SALE_BY => Record::Sale {
                 event: std::str::from_utf8(r.field()?).ok()?.into(),
                 ticket: r.field()?.to_vec(),
                 purchase: r.field()?.to_vec(),
                 at_ms: r.u64()?,
+                by: if kind == KIND_SALE_BY {
+                    Some(Attribution {
+                        buyer: std::str::from_utf8(r.field()?).ok()?.into(),
+                        key: std::str::from_utf8(r.field()?).ok()?.into(),
+                        remaining: r.u64()?,
+                    })
+                } else {
+                    None
+                },
             },
             KIND_CANCEL => {
                 let event = std::str::from_utf8(r.field()?).ok()?.into();
@@ -238,9 +263,33 @@ mod tests {
         out
     }
 
+    fn sale_to_a_buyer(n: u64) -> Record {
+        let Record::Sale {
+            event,
+            ticket,
+            purchase,
+            at_ms,
+            ..
+        } = sale(n)
+        else {
+            unreachable!("a sale")
+        };
+        Record::Sale {
+            event,
+            ticket,
+            purchase,
+            at_ms,
+            by: Some(Attribution {
+                buyer: "alice".into(),
+                key: "k-1".into(),
+                remaining: 41,
+            }),
+        }
+    }
+
     #[test]
     fn records_round_trip() {
-        let records = vec![sale(1), cancel(), sale(2)];
+        let records = vec![sale(1), cancel(), sale_to_a_buyer(3), sale(2)];
         let buf = encoded(&records);
         assert_eq!(decode_segment(&buf), (records, End::Clean));
         assert_eq!(decode_segment(&[]), (vec![], End::Clean));
