@@ -11,14 +11,17 @@ use http::{Request, StatusCode};
 use opentelemetry::Context;
 use tracing::Instrument;
 
+use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::event::Event;
+use crate::in_flight::KeysInFlight;
 use crate::metrics::{Metrics, Outcome, StorePath};
 use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYPE};
 use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
+use crate::store::purchaser::Purchaser;
 use crate::store::{Sale, Store, StoreError};
 
 /// Limits on what a client may send.
@@ -59,6 +62,10 @@ struct Inner<S> {
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// Who buys: nobody known (anonymous), a verified token, or a gateway's header.
+    auth: Auth,
+    /// Keys of purchases not answered yet on this instance.
+    keys: KeysInFlight,
 }
 
 impl<S: Store> App<S> {
@@ -70,8 +77,21 @@ impl<S: Store> App<S> {
                 catalog,
                 metrics,
                 limits,
+                auth: Auth::Anonymous,
+                keys: KeysInFlight::default(),
             }),
         }
+    }
+
+    /// This service, identifying buyers with `auth`. Call before cloning.
+    ///
+    /// # Panics
+    /// If the service was cloned already.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_auth is called before the service is shared")
+            .auth = auth;
+        self
     }
 
     /// The metrics registry.
@@ -115,8 +135,11 @@ impl<S: Store> App<S> {
         let r = route(req.method(), req.uri().path());
         let label = r.label();
         let response = match r {
-            Route::Buy(id) => match self.buy_target(&req, id) {
-                Ok(event) => {
+            Route::Buy(id) => match self.who(&req).and_then(|who| {
+                let event = self.buy_target(&req, id)?;
+                Ok((event, who))
+            }) {
+                Ok((event, None)) => {
                     // Nothing of the request is needed past this point. Dropped before the
                     // store call, it releases the head's bytes, so hyper reuses its read buffer
                     // for the next request instead of allocating another while this purchase
@@ -124,8 +147,13 @@ impl<S: Store> App<S> {
                     drop(req);
                     self.buy(event, traced).await
                 }
+                Ok((event, Some(who))) => {
+                    drop(req);
+                    Box::pin(self.buy_as(event, who, traced)).await
+                }
                 Err(refused) => refused.into_response(),
             },
+            Route::Tickets(id) => Box::pin(self.tickets(&req, id)).await,
             Route::BadEventId => ApiError::BadEventId.into_response(),
             Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
             // Boxed: rare routes with kilobyte-sized Redis futures must not size the request
@@ -137,6 +165,70 @@ impl<S: Store> App<S> {
         };
         m.record_http(label, response.status().as_u16());
         response
+    }
+
+    /// Who makes a purchase: `None` when anonymous (no authentication and no key). Refuses a
+    /// request whose credentials or key do not check out, before any store work.
+    fn who<B>(&self, req: &Request<B>) -> Result<Option<Arc<Purchaser>>, ApiError> {
+        let buyer = self.inner.auth.buyer(req.headers())?;
+        let key = crate::idempotency_key::idempotency_key(req.headers())?;
+        Ok(match (buyer, key) {
+            (None, None) => None,
+            // Without authentication, keys are shared by every client (an empty buyer).
+            (buyer, key) => Some(Arc::new(Purchaser::new(
+                buyer.as_ref().map_or("", |b| b.as_str()),
+                key.map(|k| k.as_str().into()),
+            ))),
+        })
+    }
+
+    /// A purchase by a known buyer (or with a key): one at a time per key on this instance.
+    async fn buy_as(&self, event: Arc<Event>, who: Arc<Purchaser>, traced: bool) -> HttpResponse {
+        let _in_flight = match &who.key {
+            Some(key) => match self.inner.keys.enter(&who.buyer, key) {
+                Some(guard) => Some(guard),
+                None => {
+                    let (path, result) = (StorePath::Redis, Ok(Sale::KeyInUse));
+                    return self.answer_purchase(&event, path, result, Duration::ZERO).1;
+                }
+            },
+            None => None,
+        };
+        let started = Instant::now();
+        let purchase = self.inner.store.purchase_by(&event, &who);
+        let (path, result) = if traced {
+            let span = spans::purchase(&event);
+            let (path, result) = purchase.instrument(span.clone()).await;
+            let outcome = Self::outcome(&result);
+            spans::record_purchase(&span, &event, path, outcome, &result);
+            (path, result)
+        } else {
+            purchase.await
+        };
+        self.answer_purchase(&event, path, result, started.elapsed())
+            .1
+    }
+
+    /// `GET /events/:eventId/tickets`: the caller's tickets of the event.
+    async fn tickets<B>(&self, req: &Request<B>, id: &str) -> HttpResponse {
+        if !self.inner.auth.is_on() {
+            // No buyer is ever known: nobody has tickets to list.
+            return ApiError::NotFound.into_response();
+        }
+        let buyer = match self.inner.auth.buyer(req.headers()) {
+            Ok(Some(buyer)) => buyer,
+            Ok(None) | Err(_) => return ApiError::Unauthorized.into_response(),
+        };
+        let Some(event) = self.inner.catalog.get(id) else {
+            return ApiError::UnknownEvent.into_response();
+        };
+        match self.inner.store.tickets(&event, buyer.as_str()).await {
+            Ok(tickets) => json(StatusCode::OK, response::tickets_body(&event, &tickets)),
+            Err(e) => {
+                tracing::debug!(event = %event.id, error = %e, "could not list a buyer's tickets");
+                ApiError::Unavailable.into_response()
+            }
+        }
     }
 
     /// The event a purchase request is for, or the answer that refuses it (body too large,
@@ -182,6 +274,18 @@ impl<S: Store> App<S> {
         response
     }
 
+    /// The outcome a store's decision counts as.
+    fn outcome(result: &Result<Sale, StoreError>) -> Outcome {
+        match result {
+            Ok(Sale::Sold { .. }) => Outcome::Sold,
+            Ok(Sale::SoldOut) => Outcome::SoldOut,
+            Ok(Sale::Replayed { .. }) => Outcome::Replayed,
+            Ok(Sale::LimitReached) => Outcome::LimitReached,
+            Ok(Sale::KeyInUse | Sale::KeyReused) => Outcome::KeyConflict,
+            Err(_) => Outcome::Unavailable,
+        }
+    }
+
     /// Records what the store decided for one purchase and answers it.
     fn answer_purchase(
         &self,
@@ -203,6 +307,22 @@ impl<S: Store> App<S> {
                     ApiError::SoldOut(event.id.clone()).into_response(),
                 )
             }
+            // The first answer again, byte for byte.
+            Ok(Sale::Replayed { ticket, remaining }) => {
+                (Outcome::Replayed, response::sale(event, ticket, remaining))
+            }
+            Ok(Sale::LimitReached) => (
+                Outcome::LimitReached,
+                ApiError::LimitReached(event.id.clone()).into_response(),
+            ),
+            Ok(Sale::KeyInUse) => (
+                Outcome::KeyConflict,
+                ApiError::IdempotencyKeyInUse.into_response(),
+            ),
+            Ok(Sale::KeyReused) => (
+                Outcome::KeyConflict,
+                ApiError::IdempotencyKeyReused.into_response(),
+            ),
             // The store logged the cause (rate-limited); the buyer may retry.
             Err(_) => (Outcome::Unavailable, ApiError::Unavailable.into_response()),
         };

@@ -37,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod idempotency_key;
+pub mod in_flight;
 pub mod metrics;
 pub mod metrics_render;
 pub mod otel;

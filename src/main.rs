@@ -80,7 +80,7 @@ fn serve(runtime: &tokio::runtime::Runtime, args: config::ServeArgs) -> ExitCode
     }
     match ran {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ticketd::run::RunError::Journal(_)) => {
+        Err(e @ (ticketd::run::RunError::Journal(_) | ticketd::run::RunError::Auth(_))) => {
             eprintln!("ticketd: {e}");
             tracing::error!(error = %e, "ticketd cannot start");
             ExitCode::from(config::EXIT_CONFIG)

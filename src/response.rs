@@ -41,6 +41,24 @@ pub fn sale_body(event: &Event, ticket: u64, remaining: u64) -> Vec<u8> {
     out
 }
 
+/// The body of a buyer's tickets: `{"event":"1","tickets":["1-000042","1-000107"]}`.
+pub fn tickets_body(event: &Event, tickets: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + event.id.len() + tickets.len() * (event.id.len() + 12));
+    out.extend_from_slice(br#"{"event":""#);
+    out.extend_from_slice(event.id.as_bytes());
+    out.extend_from_slice(br#"","tickets":["#);
+    for (i, t) in tickets.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(t);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// `200` with the body of a sale.
 pub fn sale(event: &Event, ticket: u64, remaining: u64) -> HttpResponse {
     json(StatusCode::OK, sale_body(event, ticket, remaining))
@@ -60,6 +78,26 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["remaining"], 957);
+    }
+
+    #[test]
+    fn tickets_body_is_exact_json() {
+        let event = Event::new("1", 1000, 0);
+        let body = tickets_body(
+            &event,
+            &[
+                Bytes::from_static(b"1-000042"),
+                Bytes::from_static(b"1-000107"),
+            ],
+        );
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"event":"1","tickets":["1-000042","1-000107"]}"#
+        );
+        assert_eq!(
+            tickets_body(&event, &[]),
+            br#"{"event":"1","tickets":[]}"#.to_vec()
+        );
     }
 
     #[test]

@@ -12,8 +12,11 @@ use crate::event::validate_event_id;
 pub enum Route<'a> {
     /// `POST /buy/:eventId` with a well-formed id.
     Buy(&'a str),
-    /// `POST /buy/...` whose id is empty, too long or holds a forbidden character.
+    /// `POST /buy/...` or `GET /events/.../tickets` whose id is empty, too long or holds a
+    /// forbidden character.
     BadEventId,
+    /// `GET /events/:eventId/tickets` with a well-formed id: the caller's tickets.
+    Tickets(&'a str),
     /// `GET /healthz`: liveness, no I/O.
     Healthz,
     /// `GET /readyz`: readiness, asks the store.
@@ -31,6 +34,7 @@ impl Route<'_> {
     pub fn label(&self) -> &'static str {
         match self {
             Route::Buy(_) | Route::BadEventId => "buy",
+            Route::Tickets(_) => "tickets",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
@@ -64,6 +68,21 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         };
     }
     let get_like = method == Method::GET || method == Method::HEAD;
+    if let Some(id) = path
+        .strip_prefix("/events/")
+        .and_then(|rest| rest.strip_suffix("/tickets"))
+    {
+        if id.contains('/') {
+            return Route::NotFound;
+        }
+        if !get_like {
+            return Route::MethodNotAllowed("GET, HEAD");
+        }
+        return match validate_event_id(id) {
+            Ok(()) => Route::Tickets(id),
+            Err(_) => Route::BadEventId,
+        };
+    }
     let fixed = match path {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
@@ -143,6 +162,21 @@ mod tests {
             Route::MethodNotAllowed("GET, HEAD")
         );
         assert_eq!(route(&Method::GET, "/healthz/"), Route::NotFound);
+        assert_eq!(
+            route(&Method::GET, "/events/gala-1/tickets"),
+            Route::Tickets("gala-1")
+        );
+        assert_eq!(
+            route(&Method::POST, "/events/1/tickets"),
+            Route::MethodNotAllowed("GET, HEAD")
+        );
+        assert_eq!(
+            route(&Method::GET, "/events/%7B1%7D/tickets"),
+            Route::BadEventId
+        );
+        assert_eq!(route(&Method::GET, "/events//tickets"), Route::BadEventId);
+        assert_eq!(route(&Method::GET, "/events/1/x/tickets"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/events/1"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
     }
 }

@@ -10,6 +10,7 @@ use fred::interfaces::ClientLike;
 use tokio::net::TcpListener;
 
 use crate::app::{App, Limits};
+use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::{is_cluster_url, ServeArgs, StoreKind};
 use crate::metrics::Metrics;
@@ -19,6 +20,7 @@ use crate::store::cluster::{ClusterOptions, ClusterStore};
 use crate::store::fallback::FallbackOptions;
 use crate::store::ids::Ids;
 use crate::store::memory::MemoryStore;
+use crate::store::purchaser::BuyerPolicy;
 use crate::store::redis::{build_pool, check_durability, RedisOptions, RedisStore};
 use crate::store::resilient::ResilientStore;
 use crate::store::Store;
@@ -39,6 +41,10 @@ pub enum RunError {
     /// The listener failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The buyer settings were refused (a key file that cannot be used, a short secret, flags
+    /// that exclude each other): bad configuration, exit code 64.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Runs the service on `listener` until `shutdown` completes.
@@ -50,6 +56,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let auth = Auth::from_args(&args.buyers).map_err(RunError::Auth)?;
+    if auth.is_on() {
+        tracing::info!(buyers = %auth, max_per_buyer = ?args.buyers.max_per_buyer, idempotency_ttl = ?args.buyers.idempotency_ttl, "purchases need a buyer");
+    }
     let metrics = Arc::new(Metrics::new());
     let catalog = Arc::new(Catalog::new(args.events.iter()));
     let limits = Limits {
@@ -77,6 +87,7 @@ pub async fn run(
         };
         return serve_memory(
             args,
+            auth,
             listener,
             catalog,
             metrics,
@@ -105,6 +116,7 @@ pub async fn run(
         max_in_flight: args.redis_max_in_flight as usize,
         queue_timeout: args.queue_timeout,
         replica_acks: args.redis_replica_acks.unwrap_or(0),
+        buyers: buyer_policy(&args),
     };
     let pool = build_pool(&redis)?;
     pool.connect_pool();
@@ -168,7 +180,7 @@ pub async fn run(
             .map(|(label, primary)| format!("{label}@{primary}"))
             .collect();
         tracing::info!(%addr, store = "redis-cluster", ?shards, replica_acks, pool = args.redis_pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
-        let app = App::new(store, catalog, metrics, limits);
+        let app = App::new(store, catalog, metrics, limits).with_auth(auth);
         serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
     } else {
         let store = ResilientStore::new(
@@ -180,7 +192,7 @@ pub async fn run(
             !connected,
         );
         tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
-        let app = App::new(store, catalog, metrics, limits);
+        let app = App::new(store, catalog, metrics, limits).with_auth(auth);
         serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
@@ -241,6 +253,7 @@ async fn unreachable_because(url: &str, bound: Duration) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn serve_memory(
     args: ServeArgs,
+    auth: Auth,
     listener: TcpListener,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
@@ -259,13 +272,21 @@ async fn serve_memory(
             "no events configured; pass --events ID=COUNT[,...] (for example --events 1=10000)"
         );
     }
-    let store = MemoryStore::new(&catalog);
+    let store = MemoryStore::with_policy(&catalog, buyer_policy(&args));
     tracing::info!(%addr, store = "memory", events = catalog.len(), "ticketd is listening");
-    let app = App::new(store, catalog, metrics, limits);
+    let app = App::new(store, catalog, metrics, limits).with_auth(auth);
     let stats = tokio::spawn(crate::stats::run(app.clone(), args.stats_interval));
     serve(listener, app, options, shutdown).await?;
     stats.abort();
     Ok(())
+}
+
+/// The per-buyer rules of `args`.
+fn buyer_policy(args: &ServeArgs) -> BuyerPolicy {
+    BuyerPolicy {
+        max_per_buyer: args.buyers.max_per_buyer,
+        key_ttl: args.buyers.idempotency_ttl,
+    }
 }
 
 /// Seeds the events of `--events` that Redis lacks and loads the catalogue. Failures are

@@ -29,6 +29,11 @@ pub fn request(method: &Method, route: &Route<'_>, parent: Option<Context>) -> S
     let (name, template, event) = match route {
         Route::Buy(id) => ("POST /buy/:eventId", "/buy/:eventId", Some(*id)),
         Route::BadEventId => ("POST /buy/:eventId", "/buy/:eventId", None),
+        Route::Tickets(id) => (
+            "GET /events/:eventId/tickets",
+            "/events/:eventId/tickets",
+            Some(*id),
+        ),
         Route::Healthz => ("GET /healthz", "/healthz", None),
         Route::Readyz => ("GET /readyz", "/readyz", None),
         Route::Metrics => ("GET /metrics", "/metrics", None),
@@ -89,10 +94,10 @@ pub fn record_purchase(
     span.record("ticketd.store.path", path.label());
     span.record("ticketd.outcome", outcome.label());
     match result {
-        Ok(Sale::Sold { ticket, .. }) => {
+        Ok(Sale::Sold { ticket, .. } | Sale::Replayed { ticket, .. }) => {
             span.record("ticketd.ticket", event.ticket_id(*ticket));
         }
-        Ok(Sale::SoldOut) => {}
+        Ok(_) => {}
         Err(e) => record_error(span, e),
     }
 }

@@ -1,0 +1,82 @@
+//! Purchases with an `Idempotency-Key` in flight on this instance: a repeat that arrives while
+//! the first is still unanswered gets `409 idempotency_key_in_use` instead of waiting, as the
+//! Idempotency-Key draft asks.
+//!
+//! Across instances there is no "in flight": the purchase script answers a key atomically, so
+//! a repeat on another instance gets either the first answer again or, if it runs first, makes
+//! the sale itself and the first is answered with it (design.md, Buyers). Either way at most
+//! one ticket is sold per (buyer, key).
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+
+use parking_lot::Mutex;
+
+use crate::store::purchaser::BuyerKey;
+
+/// Shards of the set, so that keyed purchases on different cores rarely share a lock.
+const SHARDS: usize = 16;
+
+/// The (buyer, key) pairs of purchases not yet answered.
+#[derive(Debug)]
+pub struct KeysInFlight {
+    shards: [Mutex<HashSet<BuyerKey>>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for KeysInFlight {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: Default::default(),
+        }
+    }
+}
+
+/// Holds one (buyer, key) in flight until dropped (answered, or the client went away).
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    set: &'a KeysInFlight,
+    shard: usize,
+    field: Option<BuyerKey>,
+}
+
+impl KeysInFlight {
+    /// Marks (`buyer`, `key`) in flight, or `None` when it is already.
+    pub fn enter(&self, buyer: &str, key: &str) -> Option<InFlight<'_>> {
+        let shard = self.hasher.hash_one((buyer, key)) as usize % SHARDS;
+        let field: BuyerKey = (buyer.into(), key.into());
+        if !self.shards[shard].lock().insert(field.clone()) {
+            return None;
+        }
+        Some(InFlight {
+            set: self,
+            shard,
+            field: Some(field),
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(field) = self.field.take() {
+            self.set.shards[self.shard].lock().remove(&field);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_at_a_time_per_buyer_and_key() {
+        let keys = KeysInFlight::default();
+        let first = keys.enter("alice", "k").expect("free");
+        assert!(keys.enter("alice", "k").is_none());
+        assert!(keys.enter("bob", "k").is_some());
+        assert!(keys.enter("alice", "k2").is_some());
+        drop(first);
+        assert!(keys.enter("alice", "k").is_some());
+    }
+}
