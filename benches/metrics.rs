@@ -39,6 +39,7 @@ fn scrape(c: &mut Criterion) {
     let snapshot = Snapshot {
         events: &events,
         remaining: &remaining,
+        remaining_age: 0.5,
         reserved: &reserved,
         store: "redis",
     };

@@ -29,15 +29,12 @@ use crate::store::{Sale, Store, StoreError};
 pub struct Limits {
     /// Largest accepted request body (`Content-Length`); the body itself is never read.
     pub max_body: u64,
-    /// Bound on the store round trip that reads remaining counts for `/metrics`.
-    pub scrape_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body: 64 * 1024,
-            scrape_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -342,32 +339,22 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Unsold tickets per event: from the store within the scrape bound, else the last known
-    /// values.
-    pub async fn remaining_now(&self, events: &[Arc<crate::event::Event>]) -> Vec<u64> {
-        let read = tokio::time::timeout(
-            self.inner.limits.scrape_timeout,
-            self.inner.store.remaining(events),
-        )
-        .await;
-        match read {
-            Ok(Ok(counts)) if counts.len() == events.len() => {
-                for (e, r) in events.iter().zip(&counts) {
-                    e.metrics.set_remaining(*r);
-                }
-                counts
-            }
-            _ => events.iter().map(|e| e.metrics.remaining()).collect(),
-        }
+    /// Unsold tickets per event, from the snapshot that [`crate::remaining::run`] keeps fresh:
+    /// nothing is asked of the store.
+    pub fn remaining_now(&self, events: &[Arc<crate::event::Event>]) -> Vec<u64> {
+        events.iter().map(|e| e.metrics.remaining()).collect()
     }
 
+    /// `/metrics`: the registry and the remaining snapshot, without a store round trip, so no
+    /// number of scrapers adds work to Redis or delays a purchase.
     async fn metrics_response<B>(&self, req: &Request<B>) -> HttpResponse {
         let events = self.inner.catalog.events();
-        let remaining = self.remaining_now(&events).await;
+        let remaining = self.remaining_now(&events);
         let reserved = self.inner.store.reserved(&events);
         let snapshot = Snapshot {
             events: &events,
             remaining: &remaining,
+            remaining_age: self.inner.metrics.remaining_age().as_secs_f64(),
             reserved: &reserved,
             store: self.inner.store.name(),
         };

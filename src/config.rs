@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// returns it to the pool) until its owner comes back or an operator releases it.
     #[arg(long, env = "TICKETD_RESERVE_LEASE", default_value = "15s", value_parser = parse_lease)]
     pub reserve_lease: Duration,
+    /// How often one background task reads the remaining tickets of every event from the store
+    /// for `/metrics` (a scrape reads that snapshot and costs the store nothing).
+    #[arg(long, env = "TICKETD_METRICS_REFRESH", default_value = "1s", value_parser = parse_refresh)]
+    pub metrics_refresh: Duration,
     /// How often to log a purchase-statistics line (sold, rate, remaining, errors, mode);
     /// 0 turns it off.
     #[arg(long, env = "TICKETD_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -436,6 +440,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => secs(3600),
         _ => Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
     }
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("'{s}' is too short: at least 10ms"));
+    }
+    Ok(d)
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {

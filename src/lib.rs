@@ -22,6 +22,8 @@
 //! - [`seed`]: building and atomically installing ticket pools; reading the catalogue.
 //! - [`reserves`]: `ticketd reserves`, the operator's view of live and held-back reserves.
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
+//! - [`remaining`]: the snapshot of unsold tickets that `/metrics` reads, refreshed from the
+//!   store by one background task, so a scrape costs the store nothing.
 //! - [`stats`]: the periodic purchase-statistics log line.
 //! - [`otel`]: distributed tracing (OpenTelemetry spans over OTLP), free when off.
 //! - [`telemetry`]: logging set-up (and the trace layer beside it); [`throttle`]: rate-limited
@@ -41,6 +43,7 @@ pub mod in_flight;
 pub mod metrics;
 pub mod metrics_render;
 pub mod otel;
+pub mod remaining;
 pub mod reserves;
 pub mod response;
 pub mod router;

@@ -7,7 +7,7 @@
 //! [`crate::metrics_render`]; every metric name and HELP text is declared once in [`names`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 
@@ -35,7 +35,12 @@ pub mod names {
     pub const TICKETS_REMAINING: Family = (
         "ticketd_tickets_remaining",
         "gauge",
-        "Unsold tickets per event, read from the store at scrape time (last known value if it does not answer).",
+        "Unsold tickets per event (pool + reserves), from a snapshot one background task reads from the store every --metrics-refresh and this instance's sales update; a scrape does not ask the store.",
+    );
+    pub const REMAINING_AGE: Family = (
+        "ticketd_remaining_snapshot_age_seconds",
+        "gauge",
+        "Seconds since ticketd_tickets_remaining (and ticketd_tickets_quarantined) was last read from the store; grows while the store does not answer.",
     );
     pub const CAPACITY: Family = (
         "ticketd_event_capacity",
@@ -434,6 +439,11 @@ pub struct Metrics {
     cancel_failed: AtomicU64,
     journal_failed: AtomicU64,
     start_time: f64,
+    /// When the registry was made: the origin of `remaining_read_at`.
+    created: Instant,
+    /// Nanoseconds after `created` at which the remaining counts were last read from the store
+    /// (0: never, the counts are still the capacities).
+    remaining_read_at: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -470,6 +480,8 @@ impl Metrics {
             start_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
+            created: Instant::now(),
+            remaining_read_at: AtomicU64::new(0),
         }
     }
 
@@ -681,6 +693,19 @@ impl Metrics {
         )
     }
 
+    /// Marks the remaining counts as read from the store just now ([`crate::remaining`]).
+    pub fn remaining_refreshed(&self) {
+        let at = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.remaining_read_at.store(at, Relaxed);
+    }
+
+    /// How long ago the remaining counts were last read from the store; since the registry was
+    /// made if never.
+    pub fn remaining_age(&self) -> Duration {
+        let at = Duration::from_nanos(self.remaining_read_at.load(Relaxed));
+        self.created.elapsed().saturating_sub(at)
+    }
+
     /// Start time of the process, seconds since the Unix epoch.
     pub fn start_time(&self) -> f64 {
         self.start_time
@@ -726,6 +751,15 @@ mod tests {
             assert_eq!(m.in_flight(), 2);
         }
         assert_eq!(m.in_flight(), 0);
+    }
+
+    #[test]
+    fn remaining_age_starts_with_the_registry_and_resets_when_read() {
+        let m = Metrics::new();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(m.remaining_age() >= Duration::from_millis(20));
+        m.remaining_refreshed();
+        assert!(m.remaining_age() < Duration::from_millis(20));
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Snapshot<'a> {
     /// Every event, in catalogue order.
     pub events: &'a [Arc<Event>],
-    /// Unsold tickets of each event, same order.
+    /// Unsold tickets of each event, same order (the snapshot: [`crate::remaining`]).
     pub remaining: &'a [u64],
+    /// Seconds since `remaining` was read from the store.
+    pub remaining_age: f64,
     /// Unsold tickets of each event in this instance's fallback reserve, same order.
     pub reserved: &'a [u64],
     /// The running store's name.
@@ -135,6 +137,8 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     for (e, r) in s.events.iter().zip(s.remaining) {
         sample(out, names::TICKETS_REMAINING.0, &[("event", &e.id)], *r);
     }
+    header(out, names::REMAINING_AGE);
+    sample_f64(out, names::REMAINING_AGE.0, &[], s.remaining_age);
     header(out, names::CAPACITY);
     for e in s.events {
         sample(out, names::CAPACITY.0, &[("event", &e.id)], e.capacity);
@@ -321,6 +325,8 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     }
     out.extend_from_slice(br#"},"totals":{"remaining":"#);
     num(out, s.remaining.iter().sum());
+    out.extend_from_slice(br#","remaining_age_seconds":"#);
+    write_f64(out, s.remaining_age);
     for o in Outcome::ALL {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(o.label().as_bytes());
@@ -471,6 +477,7 @@ mod tests {
             &Snapshot {
                 events: &events,
                 remaining: &[8],
+                remaining_age: 0.5,
                 reserved: &[0],
                 store: "redis",
             },
@@ -489,9 +496,12 @@ mod tests {
             "# HELP ticketd_tickets_sold_total Tickets this instance sold, by event.",
             "# TYPE ticketd_tickets_sold_total counter",
             "ticketd_tickets_sold_total{event=\"1\"} 2",
-            "# HELP ticketd_tickets_remaining Unsold tickets per event, read from the store at scrape time (last known value if it does not answer).",
+            "# HELP ticketd_tickets_remaining Unsold tickets per event (pool + reserves), from a snapshot one background task reads from the store every --metrics-refresh and this instance's sales update; a scrape does not ask the store.",
             "# TYPE ticketd_tickets_remaining gauge",
             "ticketd_tickets_remaining{event=\"1\"} 8",
+            "# HELP ticketd_remaining_snapshot_age_seconds Seconds since ticketd_tickets_remaining (and ticketd_tickets_quarantined) was last read from the store; grows while the store does not answer.",
+            "# TYPE ticketd_remaining_snapshot_age_seconds gauge",
+            "ticketd_remaining_snapshot_age_seconds 0.5",
             "# HELP ticketd_event_capacity Tickets per event in all.",
             "# TYPE ticketd_event_capacity gauge",
             "ticketd_event_capacity{event=\"1\"} 10",
@@ -525,6 +535,7 @@ mod tests {
             &Snapshot {
                 events: &events,
                 remaining: &[8],
+                remaining_age: 0.5,
                 reserved: &[0],
                 store: "redis",
             },
@@ -533,6 +544,7 @@ mod tests {
         assert_eq!(v["events"]["1"]["sold"], 2);
         assert_eq!(v["events"]["1"]["sold_out"], 1);
         assert_eq!(v["events"]["1"]["remaining"], 8);
+        assert_eq!(v["totals"]["remaining_age_seconds"], 0.5);
         assert_eq!(v["totals"]["sold"], 2);
         assert_eq!(v["paths"]["redis"]["sold"], 1);
         assert_eq!(v["paths"]["redis"]["latency_seconds"]["count"], 1);

@@ -14,6 +14,7 @@ use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::{is_cluster_url, ServeArgs, StoreKind};
 use crate::metrics::Metrics;
+use crate::remaining::Refresh;
 use crate::seed::{load_catalog, seed_event};
 use crate::server::{serve, ServeOptions};
 use crate::store::cluster::{ClusterOptions, ClusterStore};
@@ -64,7 +65,10 @@ pub async fn run(
     let catalog = Arc::new(Catalog::new(args.events.iter()));
     let limits = Limits {
         max_body: args.max_body,
-        scrape_timeout: args.redis_timeout.max(Duration::from_millis(100)) * 2,
+    };
+    let refresh = Refresh {
+        every: args.metrics_refresh,
+        bound: args.redis_timeout.max(Duration::from_millis(100)) * 2,
     };
     let options_serve = ServeOptions {
         header_read_timeout: args.header_timeout,
@@ -94,6 +98,7 @@ pub async fn run(
             limits,
             options_serve,
             shutdown,
+            refresh,
             why,
         )
         .await;
@@ -181,7 +186,16 @@ pub async fn run(
             .collect();
         tracing::info!(%addr, store = "redis-cluster", ?shards, replica_acks, pool = args.redis_pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
         let app = App::new(store, catalog, metrics, limits).with_auth(auth);
-        serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
+        serve_until_shutdown(
+            app,
+            listener,
+            options_serve,
+            shutdown,
+            stats_every,
+            refresh,
+            bound,
+        )
+        .await?;
     } else {
         let store = ResilientStore::new(
             RedisStore::new(pool.clone(), &redis, metrics.clone(), ids),
@@ -193,7 +207,16 @@ pub async fn run(
         );
         tracing::info!(%addr, store = "redis", url = %redis.url, pool = redis.pool_size, events = catalog.len(), reserve = fallback.reserve, lease = ?fallback.lease, "ticketd is listening");
         let app = App::new(store, catalog, metrics, limits).with_auth(auth);
-        serve_until_shutdown(app, listener, options_serve, shutdown, stats_every, bound).await?;
+        serve_until_shutdown(
+            app,
+            listener,
+            options_serve,
+            shutdown,
+            stats_every,
+            refresh,
+            bound,
+        )
+        .await?;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.quit()).await;
     drop(opened.lock); // held until the very end: no second process on this journal meanwhile
@@ -207,13 +230,24 @@ async fn serve_until_shutdown<S: Store>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
     stats_every: Duration,
+    refresh: Refresh,
     bound: Duration,
 ) -> Result<(), RunError> {
+    let snapshot = spawn_refresh(&app, refresh);
     let stats = tokio::spawn(crate::stats::run(app.clone(), stats_every));
     serve(listener, app.clone(), options, shutdown).await?;
     stats.abort();
+    snapshot.abort();
     app.store().shutdown(bound).await;
     Ok(())
+}
+
+/// Starts the task that keeps the remaining snapshot of `/metrics` fresh ([`crate::remaining`]).
+fn spawn_refresh<S: Store>(app: &App<S>, refresh: Refresh) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        crate::remaining::run(app.store(), app.catalog(), app.metrics(), refresh).await;
+    })
 }
 
 /// The nodes a `redis-cluster://` URL names, as `host:port`.
@@ -260,6 +294,7 @@ async fn serve_memory(
     limits: Limits,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
+    refresh: Refresh,
     why: &str,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr()?;
@@ -275,9 +310,11 @@ async fn serve_memory(
     let store = MemoryStore::with_policy(&catalog, buyer_policy(&args));
     tracing::info!(%addr, store = "memory", events = catalog.len(), "ticketd is listening");
     let app = App::new(store, catalog, metrics, limits).with_auth(auth);
+    let snapshot = spawn_refresh(&app, refresh);
     let stats = tokio::spawn(crate::stats::run(app.clone(), args.stats_interval));
     serve(listener, app, options, shutdown).await?;
     stats.abort();
+    snapshot.abort();
     Ok(())
 }
 

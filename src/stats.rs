@@ -23,7 +23,7 @@ pub async fn run<S: Store>(app: App<S>, every: Duration) {
     loop {
         tick.tick().await;
         let events = app.catalog().events();
-        let remaining = app.remaining_now(&events).await;
+        let remaining = app.remaining_now(&events);
         let sold = total_sold(&app);
         let elapsed = last.0.elapsed().as_secs_f64().max(1e-3);
         let rate = (sold - last.1) as f64 / elapsed;

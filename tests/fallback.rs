@@ -264,8 +264,14 @@ async fn an_instance_killed_during_an_outage_loses_and_doubles_nothing() {
     // The survivor sells everything but the victim's reserve, which it holds back.
     let first = sell_out(vec![survivor.addr], "x").await;
     assert_answers(&first);
+    // Within one refresh of the remaining snapshot (--metrics-refresh) after the hold-back.
+    survivor
+        .wait_until(
+            |a| a.json()["fallback"]["quarantined"]["x"] == 100,
+            "/metrics?format=json",
+        )
+        .await;
     let m = survivor.metrics_json().await;
-    assert_eq!(m["fallback"]["quarantined"]["x"], 100, "{m}");
     assert!(
         m["fallback"]["reserves_held_back"].as_u64().unwrap() >= 1,
         "{m}"
@@ -543,8 +549,13 @@ async fn an_instance_stopped_past_its_lease_is_held_back_not_resold() {
     for (_, ticket) in first.sold() {
         assert!(received.insert(ticket.clone()), "{ticket} sold twice");
     }
-    let m = other.metrics_json().await;
-    assert_eq!(m["fallback"]["quarantined"]["w"], 100, "{m}");
+    // Within one refresh of the remaining snapshot (--metrics-refresh) after the hold-back.
+    other
+        .wait_until(
+            |a| a.json()["fallback"]["quarantined"]["w"] == 100,
+            "/metrics?format=json",
+        )
+        .await;
     stopped.signal("CONT");
     let rest = sell_out(vec![stopped.addr, other.addr], "w").await;
     assert_answers(&rest);

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, ListInterface};
 use hyper::{Method, StatusCode};
 use support::http::request;
 use support::redis::free_port;
@@ -124,6 +124,96 @@ async fn prometheus_scrapes_and_answers_queries() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    t.stop().await;
+}
+
+/// Calls of each Redis command so far (`INFO commandstats`), by lower-case name.
+async fn command_calls(r: &fred::clients::Client) -> std::collections::HashMap<String, u64> {
+    let info: String = r
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// A scrape reads the snapshot that one background task refreshes: 200 scrapes, in both
+/// formats, send Redis nothing beyond what the refresh sends in the same time. Then Redis
+/// changes behind ticketd's back (another instance selling) and the snapshot follows within a
+/// refresh, its age gauge staying below a couple of intervals.
+#[tokio::test]
+async fn scrapes_cost_redis_nothing() {
+    const EVENTS: u64 = 3;
+    let redis = RedisServer::start();
+    let t = Ticketd::on_redis(
+        &redis,
+        "1=50,2=50,3=50",
+        &["--metrics-refresh", "200ms", "--fallback-reserve", "0"],
+    )
+    .await;
+    t.wait_ready().await;
+    let r = redis.client().await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let before = command_calls(&r).await;
+    let started = Instant::now();
+    for i in 0..200 {
+        let path = if i % 2 == 0 {
+            "/metrics"
+        } else {
+            "/metrics?format=json"
+        };
+        assert_eq!(
+            c.send(Method::GET, path).await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    let elapsed = started.elapsed();
+    let after = command_calls(&r).await;
+    // A refresh reads each event once (LLEN of the pool, GET of its reserves, HVALS of the
+    // held-back ones): the refreshes that fit into the elapsed time, one in flight at each end.
+    let refreshes = (elapsed.as_secs_f64() / 0.2).ceil() as u64 + 2;
+    for command in ["llen", "get", "hvals"] {
+        let sent =
+            after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0);
+        assert!(
+            sent <= refreshes * EVENTS,
+            "200 scrapes in {elapsed:?} sent {sent} {command} to Redis; the refresh explains at most {}",
+            refreshes * EVENTS
+        );
+    }
+
+    // Another instance sells 7 tickets of event 2: the snapshot follows.
+    let _: Vec<String> = r.lpop("event:{2}:tickets", Some(7)).await.unwrap();
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let m = t.metrics_json().await;
+        let age = m["totals"]["remaining_age_seconds"].as_f64().unwrap();
+        assert!(age < 2.0, "the snapshot is {age}s old with a 200ms refresh");
+        if m["events"]["2"]["remaining"] == 43 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot never followed Redis: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = request(t.addr, Method::GET, "/metrics").await.text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ticketd_remaining_snapshot_age_seconds ")),
+        "{text}"
+    );
     t.stop().await;
 }
 

@@ -60,7 +60,7 @@ async fn purchase_sold_out_and_the_ledger() {
     assert_eq!(m["events"]["1"]["sold_out"], 1);
     assert_eq!(
         m["events"]["2"]["remaining"], 4,
-        "remaining is read from Redis at scrape time"
+        "remaining: the snapshot, updated by this instance's sales"
     );
     assert_eq!(m["store"], "redis");
     t.stop().await;

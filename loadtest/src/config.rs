@@ -88,6 +88,11 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub ledger_wait: Duration,
 
+    /// Also report the CPU time (user + system, from `/proc/PID/stat`) that process PID spent
+    /// during the measured run: the server, its Redis. Repeatable.
+    #[arg(long = "cpu-of", value_name = "PID")]
+    pub cpu_of: Vec<u32>,
+
     /// Do not print a progress line to stderr every second.
     #[arg(long)]
     pub no_progress: bool,

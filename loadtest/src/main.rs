@@ -12,6 +12,7 @@ use clap::Parser as _;
 mod body;
 mod capacity;
 mod config;
+mod cpu;
 mod ledger;
 mod pick;
 mod progress;

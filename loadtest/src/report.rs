@@ -96,6 +96,8 @@ pub struct Report {
     pub events: Vec<EventCheck>,
     /// The Redis ledger per event (empty without `--redis-url`).
     pub ledger: Vec<EventLedger>,
+    /// CPU seconds of each `--cpu-of` process during the measured run.
+    pub cpu: Vec<crate::cpu::ProcessCpu>,
     /// Things that make a check weaker but do not fail it.
     pub warnings: Vec<String>,
     /// What failed.
@@ -171,6 +173,14 @@ impl Report {
         );
         for (kind, n) in &self.connection_error_kinds {
             let _ = writeln!(s, "               {n} × {kind}");
+        }
+        for c in &self.cpu {
+            let per_answer = c.seconds * 1e6 / self.answers.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "  cpu of {:<6} {:.2}s, {per_answer:.1}µs per answer",
+                c.pid, c.seconds
+            );
         }
         if self.sales_without_ticket > 0 {
             let _ = writeln!(

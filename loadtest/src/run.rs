@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Args, Plan};
+use crate::cpu::{cpu_seconds, ProcessCpu};
 use crate::ledger::Ledger;
 use crate::report::{sorted, Latency, Report};
 use crate::stats::Stats;
@@ -91,6 +92,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     }
 
     // Measured run.
+    let cpu_before: Vec<Option<f64>> = args.cpu_of.iter().map(|&p| cpu_seconds(p)).collect();
     let start = Instant::now();
     shared.go.send_replace(Some(start));
     tokio::select! {
@@ -117,6 +119,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_used(&args.cpu_of, &cpu_before, &mut warnings);
     ctrl_c.abort();
     if let Some(p) = progress {
         let _ = p.await;
@@ -222,9 +225,26 @@ pub async fn run(args: &Args) -> Result<Report, String> {
         wrong_event: totals.wrong_event,
         events: check.events,
         ledger: ledger_report,
+        cpu,
         warnings,
         failures,
     })
+}
+
+/// CPU seconds each of `pids` used since `before` was read; a process that could not be read
+/// at either end is left out, with a warning.
+fn cpu_used(pids: &[u32], before: &[Option<f64>], warnings: &mut Vec<String>) -> Vec<ProcessCpu> {
+    let mut out = Vec::new();
+    for (&pid, before) in pids.iter().zip(before) {
+        match (before, cpu_seconds(pid)) {
+            (Some(before), Some(after)) => out.push(ProcessCpu {
+                pid,
+                seconds: after - before,
+            }),
+            _ => warnings.push(format!("--cpu-of {pid}: /proc/{pid}/stat is not readable")),
+        }
+    }
+    out
 }
 
 /// Lifts the soft open-file limit to the hard one; fails when even that is below `needed`.
