@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use http::{HeaderValue, Method, Uri};
 
+use crate::buyers::{bearer_tokens, IdempotencyKeys, DEFAULT_BUYERS};
 use crate::pick::EventPicker;
 
 /// Load tester for ticketd: keep-alive HTTP/1.1 connections each sending its next request as
@@ -114,6 +115,28 @@ pub struct Args {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     pub allow_remote: bool,
+
+    /// The server's --jwt-secret: every request carries `Authorization: Bearer <JWT>`, one of
+    /// --buyers HS256 tokens signed at start-up (`sub` buyer-0, buyer-1, ...; valid for an
+    /// hour), taken in turn so requests spread evenly over the buyers.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Buyers to sign tokens for [default: 1000].
+    #[arg(long, value_name = "N", requires = "jwt_secret", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub buyers: Option<u64>,
+
+    /// `iss` of the signed tokens (the server's --jwt-issuer).
+    #[arg(long, value_name = "ISSUER", requires = "jwt_secret")]
+    pub jwt_issuer: Option<String>,
+
+    /// `aud` of the signed tokens (the server's --jwt-audience).
+    #[arg(long, value_name = "AUDIENCE", requires = "jwt_secret")]
+    pub jwt_audience: Option<String>,
+
+    /// Send a fresh, unique `Idempotency-Key` with every request.
+    #[arg(long)]
+    pub idempotency_keys: bool,
 }
 
 /// The `--events` list: ids in the order given, with their weights.
@@ -155,6 +178,10 @@ pub struct Plan {
     pub connect_retries: u32,
     /// Base URL + `/metrics?format=json`, for learning capacities.
     pub metrics_uri: Uri,
+    /// `Authorization` values, one per buyer (empty: no `Authorization` header).
+    pub authorizations: Vec<HeaderValue>,
+    /// A fresh `Idempotency-Key` for every request, with `--idempotency-keys`.
+    pub idempotency_keys: Option<IdempotencyKeys>,
 }
 
 /// Cap on a `--requests` run without `--duration`.
@@ -245,6 +272,15 @@ impl Plan {
         let interval = args
             .rate
             .map(|rate| Duration::from_secs_f64(connections as f64 / rate));
+        let authorizations = match &args.jwt_secret {
+            Some(secret) => bearer_tokens(
+                secret,
+                args.buyers.unwrap_or(DEFAULT_BUYERS),
+                args.jwt_issuer.as_deref(),
+                args.jwt_audience.as_deref(),
+            )?,
+            None => Vec::new(),
+        };
         let metrics_uri = format!("{prefix}/metrics?format=json")
             .parse()
             .map_err(|e| format!("--url {:?}: {e}", args.url))?;
@@ -266,6 +302,8 @@ impl Plan {
                 .map_err(|e| e.to_string())?,
             connect_retries: args.connect_retries,
             metrics_uri,
+            authorizations,
+            idempotency_keys: args.idempotency_keys.then(IdempotencyKeys::new),
         })
     }
 }
@@ -448,6 +486,22 @@ mod tests {
         let err = Plan::from_args(&args(&["--url", "http://192.0.2.1:3000"])).unwrap_err();
         assert!(err.contains("loopback"), "{err}");
         assert!(Plan::from_args(&args(&["--url", "https://127.0.0.1:3000"])).is_err());
+    }
+
+    #[test]
+    fn buyers_and_keys() {
+        let plan = Plan::from_args(&args(&[])).unwrap();
+        assert!(plan.authorizations.is_empty() && plan.idempotency_keys.is_none());
+        let secret = "0123456789abcdef0123456789abcdef";
+        let plan = Plan::from_args(&args(&["--jwt-secret", secret, "--idempotency-keys"])).unwrap();
+        assert_eq!(plan.authorizations.len(), DEFAULT_BUYERS as usize);
+        assert!(plan.idempotency_keys.is_some());
+        let plan = Plan::from_args(&args(&["--jwt-secret", secret, "--buyers", "7"])).unwrap();
+        assert_eq!(plan.authorizations.len(), 7);
+        assert!(Args::try_parse_from(["loadtest", "--buyers", "7"]).is_err());
+        assert!(
+            Args::try_parse_from(["loadtest", "--jwt-secret", secret, "--buyers", "0"]).is_err()
+        );
     }
 
     #[test]

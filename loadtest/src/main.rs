@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 mod body;
+mod buyers;
 mod capacity;
 mod config;
 mod cpu;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -56,6 +56,9 @@ impl Shared {
 }
 
 type Sender = SendRequest<Empty<Bytes>>;
+
+/// The header naming a purchase for safe retries.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// What one answer said, read before the shard lock is taken.
 enum Seen {
@@ -154,6 +157,15 @@ pub async fn run_connection(shared: Arc<Shared>, id: usize, seed: u64) {
         request.headers_mut().insert(HOST, plan.host.clone());
         if methods_with_body {
             request.headers_mut().insert(CONTENT_LENGTH, zero.clone());
+        }
+        if !plan.authorizations.is_empty() {
+            // Request numbers are handed out in turn, so buyers are spread evenly.
+            let buyer = (n % plan.authorizations.len() as u64) as usize;
+            let token = plan.authorizations[buyer].clone();
+            request.headers_mut().insert(AUTHORIZATION, token);
+        }
+        if let Some(keys) = &plan.idempotency_keys {
+            request.headers_mut().insert(IDEMPOTENCY_KEY, keys.key(n));
         }
 
         let sent_at = Instant::now();
