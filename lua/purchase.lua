@@ -38,16 +38,24 @@
 -- KEYS[8] event:{id}:keys       HASH "<buyer>\n<key>" -> "<ticket> <remaining> <batch id>", the
 --                               batch id replaced by "*" once the answer was replayed
 -- KEYS[9] event:{id}:keys:ttl   ZSET "<buyer>\n<key>" -> expiry (unix ms, Redis clock)
--- ARGV[3] most tickets per buyer (0: no limit), ARGV[4] key lifetime (ms),
--- ARGV[5..] per purchase, in order: buyer ("" anonymous: no limit, no list; its key is shared by
+-- KEYS[10..] on a single Redis only: buyer:{<buyer>}:key:<key> of each purchase with a key, in
+--            order, binding the key to the event it was first used for (on a cluster they live
+--            in other slots, and ticketd binds them before the call)
+-- ARGV[3] most tickets per buyer (0: no limit), ARGV[4] key lifetime (ms), ARGV[5] the event id
+--          when KEYS[10..] are passed, else ""
+-- ARGV[6..] per purchase, in order: buyer ("" anonymous: no limit, no list; its key is shared by
 --          every anonymous client), Idempotency-Key ("" none)
 --
 -- Returns {status, unsold, reserved, tickets, outcomes}: outcomes holds one token per purchase,
 -- space-separated: "S" sold now (the next ticket of `tickets`), "-" the pool was empty, "L" the
 -- buyer holds the limit already, "K" its key is used by an earlier purchase of this very batch,
--- "R:<ticket>:<remaining>" its key was used before: the same answer again, nothing sold.
+-- "U" its key was first used for another event, "R:<ticket>:<remaining>" its key was used
+-- before: the same answer again, nothing sold.
 -- A ticket whose answer was replayed is never given back by cancel.lua: its buyer was told.
 -- Buyer ids hold no control characters (ticketd refuses them), so "\n" separates safely.
+-- Every write is one command for the whole batch (one HSET of the ledger, one ZADD of the
+-- buyers, one HSET and one ZADD of the keys), and the keys are read with one HMGET, so a batch
+-- costs a few commands more than an anonymous one, not a few per purchase.
 local function buyers(reserved)
   local prior = redis.call('HGET', KEYS[3], ARGV[1])
   if prior then
@@ -59,8 +67,10 @@ local function buyers(reserved)
   end
   local n = tonumber(ARGV[2])
   local limit = tonumber(ARGV[3])
+  local event = ARGV[5]
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local ttl = now + tonumber(ARGV[4])
   -- Expired keys go a few at a time, more than this call adds, so the hash cannot grow past
   -- what one key lifetime of purchases wrote.
   local old = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 2 * n + 8)
@@ -68,21 +78,43 @@ local function buyers(reserved)
     redis.call('HDEL', KEYS[8], unpack(old))
     redis.call('ZREM', KEYS[9], unpack(old))
   end
-  local outcomes, held, seen, want = {}, {}, {}, 0
+  -- The answers recorded for the batch's keys, in one read.
+  local fields, keyed = {}, {}
   for i = 1, n do
-    local buyer, key = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-    local out
+    local key = ARGV[5 + 2 * i]
     if key ~= '' then
-      local field = buyer .. '\n' .. key
+      fields[#fields + 1] = ARGV[4 + 2 * i] .. '\n' .. key
+      keyed[i] = #fields
+    end
+  end
+  local recorded = {}
+  if #fields > 0 then
+    recorded = redis.call('HMGET', KEYS[8], unpack(fields))
+  end
+  local outcomes, held, seen, want = {}, {}, {}, 0
+  local replayed = {}
+  for i = 1, n do
+    local buyer = ARGV[4 + 2 * i]
+    local out
+    local j = keyed[i]
+    if j then
+      local field = fields[j]
       if seen[field] then
         out = 'K'
       else
         seen[field] = true
-        local rec = redis.call('HGET', KEYS[8], field)
-        if rec then
+        if event ~= '' then
+          local bound = redis.call('SET', KEYS[9 + j], event, 'NX', 'GET', 'PX', ARGV[4])
+          if bound and bound ~= event then
+            out = 'U'
+          end
+        end
+        local rec = recorded[j]
+        if not out and rec then
           local ticket, remaining, batch = string.match(rec, '^(%S+) (%d+) (%S+)$')
           if batch ~= '*' then
-            redis.call('HSET', KEYS[8], field, ticket .. ' ' .. remaining .. ' *')
+            replayed[#replayed + 1] = field
+            replayed[#replayed + 1] = ticket .. ' ' .. remaining .. ' *'
           end
           out = 'R:' .. ticket .. ':' .. remaining
         end
@@ -103,6 +135,9 @@ local function buyers(reserved)
       want = want + 1
     end
     outcomes[i] = out
+  end
+  if #replayed > 0 then
+    redis.call('HSET', KEYS[8], unpack(replayed))
   end
   local popped = {}
   if want > 0 then
@@ -129,12 +164,12 @@ local function buyers(reserved)
   local m = #popped
   local unsold = redis.call('LLEN', KEYS[1]) + reserved
   local record = ARGV[1] .. ' ' .. now
-  local ttl = now + tonumber(ARGV[4])
+  local ledger, index, answers, expiries = {}, {}, {}, {}
   local k = 0
   for i = 1, n do
     if outcomes[i] == 'S' then
       k = k + 1
-      local buyer, key = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+      local buyer = ARGV[4 + 2 * i]
       if k > m then
         outcomes[i] = '-'
         if limit > 0 and buyer ~= '' then
@@ -142,27 +177,42 @@ local function buyers(reserved)
         end
       else
         local ticket = popped[k]
+        local key = ARGV[5 + 2 * i]
+        ledger[#ledger + 1] = ticket
         if buyer == '' and key == '' then
-          redis.call('HSET', KEYS[2], ticket, record)
+          ledger[#ledger + 1] = record
         else
-          redis.call('HSET', KEYS[2], ticket, record .. '\n' .. buyer .. '\n' .. key)
-          if buyer ~= '' then
-            redis.call('ZADD', KEYS[7], 0, buyer .. '\n' .. ticket)
-          end
-          if key ~= '' then
-            local field = buyer .. '\n' .. key
-            redis.call('HSET', KEYS[8], field, ticket .. ' ' .. (unsold + m - k) .. ' ' .. ARGV[1])
-            redis.call('ZADD', KEYS[9], ttl, field)
-          end
+          ledger[#ledger + 1] = record .. '\n' .. buyer .. '\n' .. key
+        end
+        if buyer ~= '' then
+          index[#index + 1] = 0
+          index[#index + 1] = buyer .. '\n' .. ticket
+        end
+        if key ~= '' then
+          local field = fields[keyed[i]]
+          answers[#answers + 1] = field
+          answers[#answers + 1] = ticket .. ' ' .. (unsold + m - k) .. ' ' .. ARGV[1]
+          expiries[#expiries + 1] = ttl
+          expiries[#expiries + 1] = field
         end
       end
     end
+  end
+  if #ledger > 0 then
+    redis.call('HSET', KEYS[2], unpack(ledger))
+  end
+  if #index > 0 then
+    redis.call('ZADD', KEYS[7], unpack(index))
+  end
+  if #answers > 0 then
+    redis.call('HSET', KEYS[8], unpack(answers))
+    redis.call('ZADD', KEYS[9], unpack(expiries))
   end
   if m < want then
     -- The pool ran out within this batch: a buyer refused for the limit only because of a
     -- purchase that then found no ticket is told the truth, which is that none is left.
     for i = 1, n do
-      local buyer = ARGV[3 + 2 * i]
+      local buyer = ARGV[4 + 2 * i]
       if outcomes[i] == 'L' and held[buyer] < limit then
         outcomes[i] = '-'
       end

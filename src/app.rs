@@ -173,8 +173,8 @@ impl<S: Store> App<S> {
             (None, None) => None,
             // Without authentication, keys are shared by every client (an empty buyer).
             (buyer, key) => Some(Arc::new(Purchaser::new(
-                buyer.as_ref().map_or("", |b| b.as_str()),
-                key.map(|k| k.as_str().into()),
+                buyer.map_or_else(|| "".into(), |b| b.into_inner()),
+                key.map(|k| k.into_inner()),
             ))),
         })
     }

@@ -45,6 +45,11 @@ impl Buyer {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id, owned (no copy).
+    pub fn into_inner(self) -> Box<str> {
+        self.0
+    }
 }
 
 impl fmt::Debug for Buyer {

@@ -30,6 +30,11 @@ impl IdempotencyKey {
         &self.0
     }
 
+    /// The key, owned (no copy).
+    pub fn into_inner(self) -> Box<str> {
+        self.0
+    }
+
     /// Parses one header value (an RFC 8941 String, surrounding spaces allowed).
     pub fn parse(value: &[u8]) -> Option<IdempotencyKey> {
         parse_sf_string(value).map(IdempotencyKey)

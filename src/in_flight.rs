@@ -12,15 +12,16 @@ use std::hash::BuildHasher;
 
 use parking_lot::Mutex;
 
-use crate::store::purchaser::BuyerKey;
-
 /// Shards of the set, so that keyed purchases on different cores rarely share a lock.
 const SHARDS: usize = 16;
 
-/// The (buyer, key) pairs of purchases not yet answered.
+/// The (buyer, key) pairs of purchases not yet answered, by a 64-bit hash of the pair (with a
+/// key chosen at random per process): nothing is allocated per purchase. Two pairs of the same
+/// hash would make the second wait for the first's answer (a `409` it can retry), with a chance
+/// of about one in 2^64 per pair in flight.
 #[derive(Debug)]
 pub struct KeysInFlight {
-    shards: [Mutex<HashSet<BuyerKey>>; SHARDS],
+    shards: [Mutex<HashSet<u64>>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -38,30 +39,28 @@ impl Default for KeysInFlight {
 pub struct InFlight<'a> {
     set: &'a KeysInFlight,
     shard: usize,
-    field: Option<BuyerKey>,
+    hash: u64,
 }
 
 impl KeysInFlight {
     /// Marks (`buyer`, `key`) in flight, or `None` when it is already.
     pub fn enter(&self, buyer: &str, key: &str) -> Option<InFlight<'_>> {
-        let shard = self.hasher.hash_one((buyer, key)) as usize % SHARDS;
-        let field: BuyerKey = (buyer.into(), key.into());
-        if !self.shards[shard].lock().insert(field.clone()) {
+        let hash = self.hasher.hash_one((buyer, key));
+        let shard = hash as usize % SHARDS;
+        if !self.shards[shard].lock().insert(hash) {
             return None;
         }
         Some(InFlight {
             set: self,
             shard,
-            field: Some(field),
+            hash,
         })
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(field) = self.field.take() {
-            self.set.shards[self.shard].lock().remove(&field);
-        }
+        self.set.shards[self.shard].lock().remove(&self.hash);
     }
 }
 

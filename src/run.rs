@@ -122,6 +122,7 @@ pub async fn run(
         queue_timeout: args.queue_timeout,
         replica_acks: args.redis_replica_acks.unwrap_or(0),
         buyers: buyer_policy(&args),
+        bind_keys_in_script: true,
     };
     let pool = build_pool(&redis)?;
     pool.connect_pool();
@@ -161,6 +162,8 @@ pub async fn run(
         let redis = RedisOptions {
             // A failover must not lose an acknowledged sale: one replica holds it first.
             replica_acks: args.redis_replica_acks.unwrap_or(1),
+            // A key's binding lives in the buyer's slot, on any shard: bound before the call.
+            bind_keys_in_script: false,
             ..redis
         };
         let replica_acks = redis.replica_acks;

@@ -141,7 +141,7 @@ async fn a_key_sells_once_and_answers_the_same_ticket_again() {
 
 /// Runs `purchase.lua` for one buyer with a key as batch `batch`; the reply as strings.
 async fn buy(r: &Client, batch: &str, buyer: &str, key: &str) -> Vec<String> {
-    let args = [batch, "1", "0", "86400000", buyer, key]
+    let args = [batch, "1", "0", "86400000", "", buyer, key]
         .iter()
         .map(|a| Value::from(*a))
         .collect();

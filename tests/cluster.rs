@@ -284,3 +284,66 @@ async fn an_event_moved_to_another_primary_under_load_sells_each_ticket_once() {
         "both instances followed the slot: {log}"
     );
 }
+
+/// Known buyers on a cluster: the key's binding lives in the buyer's slot, on whichever shard
+/// serves it, so a key first used for an event on one shard is refused for an event on another;
+/// a repeat is answered from the event's shard; the limit and the list work per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_and_keys_across_shards() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = RedisCluster::start();
+    let ids = cluster.events_on_each_primary(1);
+    let events: Vec<String> = ids.iter().map(|id| format!("{id}=100")).collect();
+    let t = start(
+        &cluster,
+        &events.join(","),
+        &["--buyer-header", "x-buyer", "--max-per-buyer", "2"],
+    )
+    .await;
+    let send = |path: String, method: hyper::Method, key: Option<&'static str>| {
+        let addr = t.addr;
+        async move {
+            let mut headers = vec![("x-buyer", "alice")];
+            if let Some(k) = key {
+                headers.push(("idempotency-key", k));
+            }
+            Conn::open(addr)
+                .await
+                .unwrap()
+                .send_with(method, &path, &headers)
+                .await
+                .unwrap()
+        }
+    };
+    let buy = |event: &str, key| send(format!("/buy/{event}"), hyper::Method::POST, key);
+    let (a, b) = (&ids[0], &ids[1]);
+    let first = buy(a, Some("\"k-1\"")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let again = buy(a, Some("\"k-1\"")).await;
+    assert_eq!(
+        again.body, first.body,
+        "the same answer from the event's shard"
+    );
+    let other = buy(b, Some("\"k-1\"")).await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the binding is found on its own shard: {}",
+        other.text()
+    );
+    assert_eq!(buy(a, None).await.status, StatusCode::OK);
+    let over = buy(a, None).await;
+    assert_eq!(over.status, StatusCode::CONFLICT, "{}", over.text());
+    assert_eq!(over.json()["error"], "limit_reached");
+    // Another event, on another shard, has its own limit.
+    assert_eq!(buy(b, None).await.status, StatusCode::OK);
+    let list = send(format!("/events/{a}/tickets"), hyper::Method::GET, None).await;
+    assert_eq!(
+        list.json()["tickets"].as_array().unwrap().len(),
+        2,
+        "{}",
+        list.text()
+    );
+    let mut t = t;
+    t.stop();
+}

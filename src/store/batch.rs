@@ -72,6 +72,9 @@ struct Context {
     replica_acks: u32,
     /// The per-buyer limit and key lifetime, passed to calls that carry buyers.
     policy: BuyerPolicy,
+    /// Whether the purchase script binds each key to its event itself (a single Redis: the
+    /// binding's key may be in any slot); on a cluster the store binds them before the call.
+    bind_keys: bool,
     metrics: Arc<Metrics>,
     cancels: Cancels,
     ids: Arc<Ids>,
@@ -95,6 +98,7 @@ impl Batcher {
         bound: Duration,
         replica_acks: u32,
         policy: BuyerPolicy,
+        bind_keys: bool,
         metrics: Arc<Metrics>,
         cancels: Cancels,
         ids: Arc<Ids>,
@@ -104,6 +108,7 @@ impl Batcher {
             timeout: bound,
             replica_acks,
             policy,
+            bind_keys,
             metrics,
             cancels,
             ids,
@@ -185,10 +190,14 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
         let batch = &orders[range.clone()];
         let mut args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
         let keys = if batch.iter().any(|o| o.who.is_some()) {
-            // Buyers: the limit, the key lifetime, then (buyer, key) per purchase.
-            args.reserve(2 + 2 * batch.len());
+            // Buyers: the limit, the key lifetime, the event when the script binds keys, then
+            // (buyer, key) per purchase; the bindings' keys after the event's.
+            let event = &batch[0].event;
+            let mut keys = event.keys.buyer_script_keys();
+            args.reserve(3 + 2 * batch.len());
             args.push(Value::Integer(i64::from(cx.policy.limit())));
             args.push(Value::Integer(cx.policy.key_ttl_ms()));
+            args.push(Value::from(if cx.bind_keys { &*event.id } else { "" }));
             for o in batch {
                 let (buyer, key) = o
                     .who
@@ -196,8 +205,13 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
                     .map_or(("", ""), |w| (&*w.buyer, w.key_str()));
                 args.push(Value::from(buyer));
                 args.push(Value::from(key));
+                if cx.bind_keys {
+                    if let Some(binding) = o.who.as_deref().and_then(Purchaser::claim_key) {
+                        keys.push(binding.into());
+                    }
+                }
             }
-            batch[0].event.keys.buyer_script_keys()
+            keys
         } else {
             batch[0].event.keys.script_keys()
         };
@@ -320,6 +334,8 @@ enum Said {
     Limit,
     /// The same key is used by an earlier purchase of the batch.
     InUse,
+    /// The key was first used for another event.
+    Reused,
     /// The key was answered before: this ticket and remaining count again.
     Replayed(u64, u64),
 }
@@ -397,13 +413,14 @@ impl Reply {
 }
 
 impl Said {
-    /// One token of the outcomes: `S`, `-`, `L`, `K` or `R:<ticket>:<remaining>`.
+    /// One token of the outcomes: `S`, `-`, `L`, `K`, `U` or `R:<ticket>:<remaining>`.
     fn parse(token: &str, event: &Event) -> Option<Self> {
         Some(match token {
             "S" => Said::Sold,
             "-" => Said::Empty,
             "L" => Said::Limit,
             "K" => Said::InUse,
+            "U" => Said::Reused,
             _ => {
                 let rest = token.strip_prefix("R:")?;
                 let (ticket, remaining) = rest.rsplit_once(':')?;
@@ -451,6 +468,7 @@ fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
             (Status::Sold, Said::Sold | Said::Empty) => empty(),
             (Status::Sold, Said::Limit) => Ok(Sale::LimitReached),
             (Status::Sold, Said::InUse) => Ok(Sale::KeyInUse),
+            (Status::Sold, Said::Reused) => Ok(Sale::KeyReused),
             (Status::Sold, Said::Replayed(ticket, remaining)) => {
                 Ok(Sale::Replayed { ticket, remaining })
             }
@@ -572,6 +590,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             replica_acks: 0,
             policy: BuyerPolicy::default(),
+            bind_keys: true,
             metrics: Arc::new(Metrics::new()),
             cancels: Cancels::new(),
             ids: Arc::new(Ids::random()),

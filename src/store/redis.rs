@@ -48,6 +48,10 @@ pub struct RedisOptions {
     pub replica_acks: u32,
     /// The per-buyer limit and key lifetime.
     pub buyers: BuyerPolicy,
+    /// Whether the purchase script binds each `Idempotency-Key` to its event (a single Redis,
+    /// where the binding's key may be in any slot). A cluster's shard stores leave it to the
+    /// caller ([`RedisStore::claim`] on the shard of the binding's slot).
+    pub bind_keys_in_script: bool,
 }
 
 impl RedisOptions {
@@ -61,6 +65,7 @@ impl RedisOptions {
             queue_timeout: Duration::from_secs(2),
             replica_acks: 0,
             buyers: BuyerPolicy::default(),
+            bind_keys_in_script: true,
         }
     }
 }
@@ -150,6 +155,8 @@ pub struct RedisStore {
     replica_acks: u32,
     /// The per-buyer limit and key lifetime.
     policy: BuyerPolicy,
+    /// Whether the purchase script binds keys to their events.
+    bind_keys: bool,
     /// Gathers concurrent purchases into one script call per event.
     batcher: Batcher,
     timeout: Duration,
@@ -222,6 +229,7 @@ impl RedisStore {
                 timeout,
                 options.replica_acks,
                 options.buyers,
+                options.bind_keys_in_script,
                 metrics.clone(),
                 cancels.clone(),
                 ids.clone(),
@@ -229,6 +237,7 @@ impl RedisStore {
             pool,
             replica_acks: options.replica_acks,
             policy: options.buyers,
+            bind_keys: options.bind_keys_in_script,
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
@@ -297,6 +306,11 @@ impl RedisStore {
         self.policy
     }
 
+    /// Whether the purchase script binds keys to their events (else the caller does).
+    pub fn binds_keys(&self) -> bool {
+        self.bind_keys
+    }
+
     /// Replicas that must hold a write before it counts.
     pub fn replica_acks(&self) -> u32 {
         self.replica_acks
@@ -338,8 +352,9 @@ impl RedisStore {
     }
 
     /// [`RedisStore::purchase`] by a known buyer (`who`), or anonymous (`None`). The script
-    /// enforces the limit and answers a repeated key; binding the key to its event
-    /// ([`RedisStore::claim`]) is the caller's step before.
+    /// enforces the limit and answers a repeated key; it binds the key to its event too, unless
+    /// [`RedisStore::binds_keys`] is false: then that is the caller's step before
+    /// ([`RedisStore::claim`]).
     ///
     /// # Errors
     /// See [`RedisStore::purchase`].

@@ -320,6 +320,11 @@ impl ResilientStore {
         self.shared.redis.claim(who, event).await
     }
 
+    /// Whether the purchase script binds keys to their events (a single Redis).
+    pub fn binds_keys(&self) -> bool {
+        self.shared.redis.binds_keys()
+    }
+
     /// Sells one ticket of `event` to `who` (anonymous: `None`) from Redis, or from the
     /// reserve while Redis fails. The key must be claimed before, if the caller cares.
     pub async fn sell(
@@ -388,7 +393,8 @@ impl Store for ResilientStore {
         event: &'a Arc<Event>,
         who: &'a Arc<Purchaser>,
     ) -> (StorePath, Result<Sale, StoreError>) {
-        if claim_refused(self.claim(who, &event.id).await, who, event) {
+        // On a single Redis the purchase script binds the key itself, in the same call.
+        if !self.binds_keys() && claim_refused(self.claim(who, &event.id).await, who, event) {
             return (StorePath::Redis, Ok(Sale::KeyReused));
         }
         self.sell(event, Some(who)).await
