@@ -27,12 +27,22 @@ async fn store(
     capacity: u64,
     limit: Option<u32>,
 ) -> (RedisStore, Arc<Event>) {
+    store_with(redis, id, capacity, limit, Duration::from_secs(86_400)).await
+}
+
+async fn store_with(
+    redis: &RedisServer,
+    id: &str,
+    capacity: u64,
+    limit: Option<u32>,
+    key_ttl: Duration,
+) -> (RedisStore, Arc<Event>) {
     let options = RedisOptions {
         pool_size: 2,
         timeout: Duration::from_secs(5),
         buyers: BuyerPolicy {
             max_per_buyer: limit,
-            ..BuyerPolicy::default()
+            key_ttl,
         },
         ..RedisOptions::new(redis.url())
     };
@@ -196,4 +206,42 @@ async fn a_void_sale_forgets_its_key_unless_a_repeat_was_answered() {
     let pool: Vec<String> = r.lrange("event:{v}:tickets", 0, -1).await.unwrap();
     assert!(!pool.contains(&second), "{pool:?}");
     assert_eq!(pool.len(), 9);
+}
+
+#[tokio::test]
+async fn a_key_expires_after_its_lifetime_and_then_buys_afresh() {
+    let redis = RedisServer::start();
+    let (store, event) = store_with(&redis, "ttl", 100, None, Duration::from_millis(200)).await;
+    let first = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    let Sale::Sold { ticket, .. } = first else {
+        panic!("{first:?}");
+    };
+    let r = redis.client().await;
+    // Bounded wait for the binding to expire (Redis's clock decides).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: i64 = r.pttl("buyer:{alice}:key:k").await.unwrap();
+        if left < 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binding never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Sale::Sold { ticket: t, .. } if t != ticket),
+        "an expired key is a new purchase: {again:?}"
+    );
+    // The expired answer was dropped by that call: only the new one is left.
+    let answers: u64 = r.hlen("event:{ttl}:keys").await.unwrap();
+    assert_eq!(answers, 1);
 }
