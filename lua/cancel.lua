@@ -12,8 +12,9 @@
 -- it sold goes back. A ticket goes back to the pool only while the ledger still names this
 -- batch, so a ticket already given back and sold again is left alone, and running this twice
 -- changes nothing. A ticket sold to a known buyer also leaves that buyer's tickets, and its
--- Idempotency-Key is forgotten (a retry buys afresh), unless a retry with that key was already
--- answered with the ticket: then its buyer was told, and the ticket stays sold.
+-- Idempotency-Key is forgotten (a retry buys afresh). A ticket a retry with that key was already
+-- answered with has a ledger record starting with "=" (purchase.lua): it names no batch any
+-- more, so it stays sold, whenever this runs (even after the key expired).
 -- Returns how many tickets were put back.
 local tickets = {}
 if #ARGV > 1 then
@@ -34,31 +35,26 @@ local back = 0
 for _, ticket in ipairs(tickets) do
   local record = redis.call('HGET', KEYS[2], ticket)
   if record and string.sub(record, 1, #prefix) == prefix then
-    local told = false
+    -- A known buyer's sale leaves the buyer's tickets, and its key is forgotten, so a retry
+    -- buys afresh. (Once a retry was answered with the ticket, the record starts with "=" and
+    -- no longer matches: the ticket stays sold, its buyer was told.)
     local buyer, key = string.match(record, '^[^\n]*\n([^\n]*)\n(.*)$')
     if buyer then
       if key ~= '' then
         local field = buyer .. '\n' .. key
         local rec = redis.call('HGET', KEYS[8], field)
-        if rec and string.sub(rec, 1, #ticket + 1) ~= ticket .. ' ' then
-          rec = nil -- the key expired and was used again since: not this sale's
-        end
-        if rec and string.sub(rec, -2) == ' *' then
-          told = true
-        elseif rec then
+        if rec and string.sub(rec, 1, #ticket + 1) == ticket .. ' ' then
           redis.call('HDEL', KEYS[8], field)
           redis.call('ZREM', KEYS[9], field)
         end
       end
-      if not told then
+      if buyer ~= '' then
         redis.call('ZREM', KEYS[7], buyer .. '\n' .. ticket)
       end
     end
-    if not told then
-      redis.call('HDEL', KEYS[2], ticket)
-      redis.call('LPUSH', KEYS[1], ticket)
-      back = back + 1
-    end
+    redis.call('HDEL', KEYS[2], ticket)
+    redis.call('LPUSH', KEYS[1], ticket)
+    back = back + 1
   end
 end
 return back

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] event:{id}:tickets    LIST of unsold ticket ids (the shared pool)
 -- KEYS[2] event:{id}:sold       HASH ticket id -> "<batch id> <unix ms>" (the ledger), followed
---                               by "\n<buyer>\n<Idempotency-Key or nothing>" for a known buyer
+--                               by "\n<buyer>\n<Idempotency-Key or nothing>" for a known buyer;
+--                               "=" in front once a repeated key was answered with the ticket
 -- KEYS[3] event:{id}:batches    HASH batch id -> the ticket ids it sold, space-separated, or "!"
 --                               once cancelled
 -- KEYS[4] event:{id}:meta       HASH capacity -> N, present once the event is seeded
@@ -51,7 +52,8 @@
 -- buyer holds the limit already, "K" its key is used by an earlier purchase of this very batch,
 -- "U" its key was first used for another event, "R:<ticket>:<remaining>" its key was used
 -- before: the same answer again, nothing sold.
--- A ticket whose answer was replayed is never given back by cancel.lua: its buyer was told.
+-- A ticket whose answer was replayed is never given back by cancel.lua: its buyer was told, and
+-- its ledger record then starts with "=", so it no longer names the batch that sold it.
 -- Buyer ids hold no control characters (ticketd refuses them), so "\n" separates safely.
 -- Every write is one command for the whole batch (one HSET of the ledger, one ZADD of the
 -- buyers, one HSET and one ZADD of the keys), and the keys are read with one HMGET, so a batch
@@ -113,8 +115,15 @@ local function buyers(reserved)
         if not out and rec then
           local ticket, remaining, batch = string.match(rec, '^(%S+) (%d+) (%S+)$')
           if batch ~= '*' then
+            -- Told now: the ledger record stops naming the batch (a leading "="), so that no
+            -- cancellation of that batch can give the ticket back, whenever it runs and even
+            -- once this key has expired; the answer is marked too.
             replayed[#replayed + 1] = field
             replayed[#replayed + 1] = ticket .. ' ' .. remaining .. ' *'
+            local sale = redis.call('HGET', KEYS[2], ticket)
+            if sale and string.sub(sale, 1, 1) ~= '=' then
+              redis.call('HSET', KEYS[2], ticket, '=' .. sale)
+            end
           end
           out = 'R:' .. ticket .. ':' .. remaining
         end

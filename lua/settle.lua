@@ -19,7 +19,8 @@
 -- head of the list.
 -- A known buyer's sale joins the buyer's tickets, and its key is recorded as answered (a retry
 -- gets the same ticket); a key that already names another ticket was used for two sales (on two
--- instances while Redis was down) and is reported. So are the buyers holding more than the limit
+-- instances while Redis was down, or on Redis and then from a reserve) and is reported, and the
+-- key then answers the fallback's ticket unless a repeat already confirmed the other one. So are the buyers holding more than the limit
 -- after this settlement: instances enforce it only from what each knows while Redis is down.
 -- Returns {settled, already, late, {conflicting ticket ids}, {"<buyer>\n<held>" over the
 -- limit}, {"<buyer>\n<key>" used for two sales}}.
@@ -60,9 +61,14 @@ for i = 4, #ARGV, 6 do
       if key ~= '' then
         local field = buyer .. '\n' .. key
         local rec = redis.call('HGET', KEYS[7], field)
-        if rec and string.sub(rec, 1, #ticket + 1) ~= ticket .. ' ' then
+        local mine = rec and string.sub(rec, 1, #ticket + 1) == ticket .. ' '
+        if rec and not mine then
           twice[#twice + 1] = field
-        elseif not rec then
+        end
+        -- The fallback's answer was told (journaled before it was sent). It replaces an answer
+        -- not yet confirmed by a repeat (a batch that may still be made void), so the key keeps
+        -- answering a ticket its buyer holds; a confirmed one ("*") stays.
+        if not mine and not (rec and string.sub(rec, -2) == ' *') then
           redis.call('HSET', KEYS[7], field, ticket .. ' ' .. remaining .. ' *')
           redis.call('ZADD', KEYS[8], expiry, field)
         end

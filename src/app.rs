@@ -164,19 +164,20 @@ impl<S: Store> App<S> {
         response
     }
 
-    /// Who makes a purchase: `None` when anonymous (no authentication and no key). Refuses a
-    /// request whose credentials or key do not check out, before any store work.
+    /// Who makes a purchase: `None` when anonymous. Refuses a request whose credentials or key
+    /// do not check out, and a key without a buyer, before any store work.
     fn who<B>(&self, req: &Request<B>) -> Result<Option<Arc<Purchaser>>, ApiError> {
         let buyer = self.inner.auth.buyer(req.headers())?;
         let key = crate::idempotency_key::idempotency_key(req.headers())?;
-        Ok(match (buyer, key) {
-            (None, None) => None,
-            // Without authentication, keys are shared by every client (an empty buyer).
-            (buyer, key) => Some(Arc::new(Purchaser::new(
-                buyer.map_or_else(|| "".into(), |b| b.into_inner()),
+        match (buyer, key) {
+            (None, None) => Ok(None),
+            // A key is per buyer: without one it would be shared by every client.
+            (None, Some(_)) => Err(ApiError::KeyWithoutBuyer),
+            (Some(buyer), key) => Ok(Some(Arc::new(Purchaser::new(
+                buyer.into_inner(),
                 key.map(|k| k.into_inner()),
-            ))),
-        })
+            )))),
+        }
     }
 
     /// A purchase by a known buyer (or with a key): one at a time per key on this instance.

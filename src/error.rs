@@ -56,13 +56,20 @@ pub enum ApiError {
     /// The `Idempotency-Key` header is not one quoted string of 1 to 255 characters.
     #[error("malformed idempotency key")]
     BadIdempotencyKey,
+    /// An `Idempotency-Key` on a request whose buyer is not known (authentication off): a key
+    /// is per buyer, and without one it would be shared by every client, who could then be
+    /// answered another client's ticket.
+    #[error("idempotency key without a buyer")]
+    KeyWithoutBuyer,
 }
 
 impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadEventId | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::BadEventId | ApiError::BadIdempotencyKey | ApiError::KeyWithoutBuyer => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::LimitReached(_) | ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,6 +96,7 @@ impl ApiError {
             ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::BadIdempotencyKey => "bad_idempotency_key",
+            ApiError::KeyWithoutBuyer => "idempotency_key_needs_a_buyer",
         }
     }
 
@@ -196,6 +204,11 @@ mod tests {
                 ApiError::BadIdempotencyKey,
                 StatusCode::BAD_REQUEST,
                 r#"{"error":"bad_idempotency_key"}"#,
+            ),
+            (
+                ApiError::KeyWithoutBuyer,
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"idempotency_key_needs_a_buyer"}"#,
             ),
         ] {
             assert_eq!(body(error), (status, json.to_owned()));

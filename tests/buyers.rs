@@ -369,3 +369,17 @@ async fn a_key_sold_during_an_outage_answers_the_same_ticket_after_it() {
         "over the limit: nothing more from Redis"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_a_buyer_is_refused() {
+    // Without authentication a key would be shared by every client, who could then be answered
+    // another client's ticket: refused, and nothing sold.
+    let redis = RedisServer::start();
+    let t = TicketdProcess::on_redis(&redis, "1=10", &[]).await;
+    t.wait_ready().await;
+    let a = buy(&t, "1", None, Some("k")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    assert_eq!(a.json(), json!({"error": "idempotency_key_needs_a_buyer"}));
+    assert_eq!(sold_in_redis(&redis, "1").await, 0);
+    assert_eq!(buy(&t, "1", None, None).await.status, StatusCode::OK);
+}

@@ -264,7 +264,9 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
             (Some(e), Ok(_)) => Err(e.clone()),
             (_, reply) => reply,
         };
-        let reply = reply.and_then(|v| Reply::parse(&v, &batch[0].event));
+        let reply = reply
+            .and_then(|v| Reply::parse(&v, &batch[0].event))
+            .and_then(|r| r.fits(batch.len()));
         if let Some(span) = spans.next() {
             record_call(&span, &reply);
         }
@@ -409,6 +411,27 @@ impl Reply {
             tickets,
             said,
         })
+    }
+}
+
+impl Reply {
+    /// The reply itself, if its decisions fit a batch of `n` purchases: one per purchase, and
+    /// one sale per ticket. Anything else is not understood (the batch is made void, so no
+    /// ticket stays sold to nobody).
+    fn fits(self, n: usize) -> Result<Self, StoreError> {
+        let Some(said) = &self.said else {
+            return Ok(self);
+        };
+        let sold = said.iter().filter(|s| **s == Said::Sold).count();
+        let settled = matches!(self.status, Status::Sold);
+        if settled && (said.len() != n || sold != self.tickets.len()) {
+            return Err(StoreError::Protocol(format!(
+                "purchase reply decides {} of {n} purchases and sells {sold} for {} tickets",
+                said.len(),
+                self.tickets.len()
+            )));
+        }
+        Ok(self)
     }
 }
 

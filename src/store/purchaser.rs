@@ -34,12 +34,14 @@ impl Purchaser {
         self.key.as_deref().unwrap_or("")
     }
 
-    /// `buyer:{<buyer>}:key:<key>`: the STRING that binds a key to the event it was first used
-    /// for, so that the same key sent for another event is refused (`422`) on any instance.
+    /// `buyer:{<length>:<buyer>}:key:<key>`: the STRING that binds a key to the event it was
+    /// first used for, so that the same key sent for another event is refused (`422`) on any
+    /// instance. The buyer's length in front keeps two (buyer, key) pairs from ever naming one
+    /// key (`a` with `b}:key:c` against `a}:key:b` with `c`).
     pub fn claim_key(&self) -> Option<String> {
         self.key
             .as_deref()
-            .map(|key| format!("buyer:{{{}}}:key:{key}", self.buyer))
+            .map(|key| format!("buyer:{{{}:{}}}:key:{key}", self.buyer.len(), self.buyer))
     }
 }
 
@@ -93,7 +95,10 @@ mod tests {
     #[test]
     fn claim_keys_name_buyer_and_key() {
         let p = Purchaser::new("alice", Some("k-1".into()));
-        assert_eq!(p.claim_key().as_deref(), Some("buyer:{alice}:key:k-1"));
+        assert_eq!(p.claim_key().as_deref(), Some("buyer:{5:alice}:key:k-1"));
+        let tricky = Purchaser::new("a", Some("b}:key:c".into()));
+        let other = Purchaser::new("a}:key:b", Some("c".into()));
+        assert_ne!(tricky.claim_key(), other.claim_key());
         assert_eq!(p.key_str(), "k-1");
         let anon_key = Purchaser::new("bob", None);
         assert_eq!(anon_key.claim_key(), None);

@@ -270,6 +270,13 @@ impl ResilientStore {
         who: Option<&Arc<Purchaser>>,
     ) -> EndGame {
         let s = &self.shared;
+        if who.is_some() {
+            // A known buyer waits for the reserves to come back to the pool (the owners hand
+            // them back when the pool runs low) and buys from Redis: a sale from a reserve
+            // would count against the limit, and answer a key, only on this instance until it
+            // is settled, while Redis is there to do both exactly.
+            return EndGame::Retry;
+        }
         let Some(er) = s.reserves.read().get(&*event.id).cloned() else {
             return EndGame::Retry;
         };

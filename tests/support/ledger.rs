@@ -107,8 +107,12 @@ pub async fn check(r: &Client, id: &str, capacity: u64, received: &HashSet<Strin
         r.hgetall(format!("event:{{{id}}}:batches")).await.unwrap();
     let mut fallback = HashSet::new();
     for (ticket, record) in &s.sold {
-        let pid = record.split(' ').next().unwrap();
-        if record.ends_with(" fallback") {
+        // A known buyer's record continues on further lines; a leading "=" marks a ticket whose
+        // key a retry was answered with.
+        let first = record.lines().next().unwrap_or("");
+        let first = first.strip_prefix('=').unwrap_or(first);
+        let pid = first.split(' ').next().unwrap();
+        if first.ends_with(" fallback") {
             assert!(
                 fallback.insert(pid),
                 "event {id}: fallback purchase {pid} holds two tickets"

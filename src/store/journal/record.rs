@@ -186,7 +186,9 @@ impl<'a> Reader<'a> {
 }
 
 /// The whole frame at the start of `buf`, if it checks out: the record and the frame's length.
-fn frame(buf: &[u8]) -> Option<(Record, usize)> {
+/// The frame at the start of `buf`: `None` when there is no whole, checksummed frame there;
+/// inside, `None` when the frame is whole but not understood.
+fn frame(buf: &[u8]) -> Option<(Option<Record>, usize)> {
     if buf.len() < HEADER || buf[0] != MAGIC {
         return None;
     }
@@ -200,7 +202,7 @@ fn frame(buf: &[u8]) -> Option<(Record, usize)> {
     if checksum(kind, payload) != crc {
         return None;
     }
-    Some((Record::decode(kind, payload)?, HEADER + len))
+    Some((Record::decode(kind, payload), HEADER + len))
 }
 
 /// How a segment ends.
@@ -220,10 +222,14 @@ pub fn decode_segment(buf: &[u8]) -> (Vec<Record>, End) {
     let mut pos = 0;
     while pos < buf.len() {
         match frame(&buf[pos..]) {
-            Some((record, len)) => {
+            Some((Some(record), len)) => {
                 records.push(record);
                 pos += len;
             }
+            // Whole and checksummed, yet not understood: written by a newer ticketd (or
+            // damaged with a matching checksum). Never a torn tail to cut off, which would
+            // lose its sales: corruption, so start-up stops and says so.
+            Some((None, _)) => return (records, End::Corrupt(pos)),
             None => {
                 let later = (pos + 1..buf.len()).any(|p| frame(&buf[p..]).is_some());
                 let end = if later {
@@ -304,6 +310,19 @@ mod tests {
         let (records, end) = decode_segment(&bad);
         assert_eq!(records, vec![sale(1)]);
         assert_eq!(end, End::Corrupt(second));
+    }
+
+    #[test]
+    fn a_whole_frame_of_an_unknown_kind_at_the_end_is_corruption_not_a_torn_tail() {
+        // What a newer ticketd may write: checksummed, of a kind this one does not know.
+        let mut buf = encoded(&[sale(1)]);
+        let at = buf.len();
+        let payload = b"from the future";
+        buf.extend_from_slice(&[MAGIC, 9]);
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&checksum(9, payload).to_le_bytes());
+        buf.extend_from_slice(payload);
+        assert_eq!(decode_segment(&buf), (vec![sale(1)], End::Corrupt(at)));
     }
 
     #[test]
