@@ -24,6 +24,7 @@ COPY chaos/Cargo.toml chaos/Cargo.toml
 RUN mkdir -p src benches loadtest/src chaos/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
+ && echo 'fn main() {}' > benches/auth.rs \
  && echo 'fn main() {}' > benches/hot_path.rs \
  && echo 'fn main() {}' > benches/journal.rs \
  && echo 'fn main() {}' > benches/metrics.rs \

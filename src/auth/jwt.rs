@@ -188,13 +188,27 @@ mod tests {
     use serde_json::{json, Value};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-    const RS256_KEY: &[u8] = include_bytes!("../../tests/data/jwt-rs256.key.pem");
-    const RS256_PUB: &[u8] = include_bytes!("../../tests/data/jwt-rs256.pub.pem");
-    const ES256_KEY: &[u8] = include_bytes!("../../tests/data/jwt-es256.key.pem");
-    const ES256_PUB: &[u8] = include_bytes!("../../tests/data/jwt-es256.pub.pem");
-    const EDDSA_KEY: &[u8] = include_bytes!("../../tests/data/jwt-eddsa.key.pem");
-    const EDDSA_PUB: &[u8] = include_bytes!("../../tests/data/jwt-eddsa.pub.pem");
-    const P384_PUB: &[u8] = include_bytes!("../../tests/data/jwt-p384.pub.pem");
+    /// A test key of tests/data, read when the test runs (not compiled in: a release build,
+    /// such as the container's, copies no test data).
+    fn data(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    static RS256_KEY: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-rs256.key.pem"));
+    static RS256_PUB: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-rs256.pub.pem"));
+    static ES256_KEY: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-es256.key.pem"));
+    static ES256_PUB: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-es256.pub.pem"));
+    static EDDSA_KEY: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-eddsa.key.pem"));
+    static EDDSA_PUB: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-eddsa.pub.pem"));
+    static P384_PUB: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| data("jwt-p384.pub.pem"));
 
     fn checks() -> Checks {
         Checks {
@@ -344,18 +358,18 @@ mod tests {
     fn each_asymmetric_algorithm() {
         for (public, private, alg) in [
             (
-                RS256_PUB,
-                EncodingKey::from_rsa_pem(RS256_KEY),
+                &RS256_PUB[..],
+                EncodingKey::from_rsa_pem(&RS256_KEY[..]),
                 Algorithm::RS256,
             ),
             (
-                ES256_PUB,
-                EncodingKey::from_ec_pem(ES256_KEY),
+                &ES256_PUB[..],
+                EncodingKey::from_ec_pem(&ES256_KEY[..]),
                 Algorithm::ES256,
             ),
             (
-                EDDSA_PUB,
-                EncodingKey::from_ed_pem(EDDSA_KEY),
+                &EDDSA_PUB[..],
+                EncodingKey::from_ed_pem(&EDDSA_KEY[..]),
                 Algorithm::EdDSA,
             ),
         ] {
@@ -378,10 +392,10 @@ mod tests {
     #[test]
     fn a_public_key_is_never_an_hmac_secret() {
         // The classic confusion: HS256 signed with the server's public key as the secret.
-        let jwt = JwtAuth::from_pem(RS256_PUB, &checks()).unwrap();
+        let jwt = JwtAuth::from_pem(&RS256_PUB[..], &checks()).unwrap();
         let forged = sign(
             Algorithm::HS256,
-            &EncodingKey::from_secret(RS256_PUB),
+            &EncodingKey::from_secret(&RS256_PUB[..]),
             &json!({"sub": "mallory", "exp": now() + 60}),
         );
         assert_eq!(buyer_of(&jwt, &forged), None);
@@ -390,8 +404,8 @@ mod tests {
     #[test]
     fn unusable_keys_fail_at_start_up() {
         for (pem, needle) in [
-            (RS256_KEY, "private key"),
-            (P384_PUB, "ES256 needs P-256"),
+            (&RS256_KEY[..], "private key"),
+            (&P384_PUB[..], "ES256 needs P-256"),
             (&b"not a pem"[..], "not a PEM public key"),
             (
                 &b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"[..],
@@ -409,7 +423,7 @@ mod tests {
     fn through_auth_every_refusal_is_unauthorized() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("es256.pem");
-        std::fs::write(&path, ES256_PUB).unwrap();
+        std::fs::write(&path, &ES256_PUB[..]).unwrap();
         let auth = Auth::from_args(&crate::auth::tests::args(&[
             "--jwt-public-key",
             path.to_str().unwrap(),
@@ -419,7 +433,7 @@ mod tests {
         .unwrap();
         assert!(auth.is_on());
         assert_eq!(auth.to_string(), "jwt ES256");
-        let key = EncodingKey::from_ec_pem(ES256_KEY).unwrap();
+        let key = EncodingKey::from_ec_pem(&ES256_KEY[..]).unwrap();
         let request = |token: &str| {
             let mut headers = HeaderMap::new();
             let value = format!("Bearer {token}");
