@@ -21,6 +21,7 @@ use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYP
 use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
+use crate::sold_out::Seen;
 use crate::store::purchaser::Purchaser;
 use crate::store::{Sale, Store, StoreError};
 
@@ -186,11 +187,17 @@ impl<S: Store> App<S> {
                 Some(guard) => Some(guard),
                 None => {
                     let (path, result) = (StorePath::Redis, Ok(Sale::KeyInUse));
-                    return self.answer_purchase(&event, path, result, Duration::ZERO).1;
+                    let seen = event.sold_out.before_store().1;
+                    return self
+                        .answer_purchase(&event, path, result, seen, Duration::ZERO)
+                        .1;
                 }
             },
             None => None,
         };
+        // Keyed and known buyers always ask the store: a repeated key must get its first answer,
+        // and a limit is the store's to judge. Their sold-out answers are remembered all the same.
+        let (_, seen) = event.sold_out.before_store();
         let started = Instant::now();
         let purchase = self.inner.store.purchase_by(&event, &who);
         let (path, result) = if traced {
@@ -202,7 +209,7 @@ impl<S: Store> App<S> {
         } else {
             purchase.await
         };
-        self.answer_purchase(&event, path, result, started.elapsed())
+        self.answer_purchase(&event, path, result, seen, started.elapsed())
             .1
     }
 
@@ -243,19 +250,26 @@ impl<S: Store> App<S> {
         self.inner.catalog.get(id).ok_or(ApiError::UnknownEvent)
     }
 
+    /// An anonymous purchase. Once the store said the event is sold out, answered from memory
+    /// until tickets may be back ([`crate::sold_out`]): no store call.
     async fn buy(&self, event: Arc<Event>, traced: bool) -> HttpResponse {
+        let (sold_out, seen) = event.sold_out.before_store();
+        if sold_out {
+            event.metrics.record_sold_out_from_memory();
+            return ApiError::SoldOut(event.id.clone()).into_response();
+        }
         if traced {
             // Boxed, like the traced request: the untraced purchase future stays as it was.
-            return Box::pin(self.buy_traced(event)).await;
+            return Box::pin(self.buy_traced(event, seen)).await;
         }
         let started = Instant::now();
         let (path, result) = self.inner.store.purchase(&event).await;
-        self.answer_purchase(&event, path, result, started.elapsed())
+        self.answer_purchase(&event, path, result, seen, started.elapsed())
             .1
     }
 
     /// [`App::buy`] inside a `purchase` span that records what the store decided.
-    async fn buy_traced(&self, event: Arc<Event>) -> HttpResponse {
+    async fn buy_traced(&self, event: Arc<Event>, seen: Seen) -> HttpResponse {
         let span = spans::purchase(&event);
         let started = Instant::now();
         let (path, result) = self
@@ -266,7 +280,7 @@ impl<S: Store> App<S> {
             .await;
         let took = started.elapsed();
         let recorded = result.clone();
-        let (outcome, response) = self.answer_purchase(&event, path, result, took);
+        let (outcome, response) = self.answer_purchase(&event, path, result, seen, took);
         spans::record_purchase(&span, &event, path, outcome, &recorded);
         response
     }
@@ -283,22 +297,25 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Records what the store decided for one purchase and answers it.
+    /// Records what the store decided for one purchase (asked after `seen`) and answers it.
     fn answer_purchase(
         &self,
         event: &Arc<Event>,
         path: StorePath,
         result: Result<Sale, StoreError>,
+        seen: Seen,
         took: Duration,
     ) -> (Outcome, HttpResponse) {
         let (outcome, response) = match result {
             Ok(Sale::Sold { ticket, remaining }) => {
                 event.metrics.set_remaining(remaining);
+                event.sold_out.sold();
                 tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
                 (Outcome::Sold, response::sale(event, ticket, remaining))
             }
             Ok(Sale::SoldOut) => {
                 event.metrics.set_remaining(0);
+                event.sold_out.answered_sold_out(seen);
                 (
                     Outcome::SoldOut,
                     ApiError::SoldOut(event.id.clone()).into_response(),
