@@ -2,6 +2,7 @@
 //! [`App::handle`] answers one request. Tests call it without a socket; [`crate::server::serve`]
 //! drives it per connection.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,59 @@ impl<S: Store> App<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// Answers one request, as [`App::handle`] does, but does the request work of an anonymous
+    /// purchase (routing, the catalogue, the buyer headers) at once, before the returned future
+    /// is first polled, and drops the request there.
+    ///
+    /// Why: hyper calls the service as soon as it has parsed a request head, and then reads the
+    /// socket again (to notice a closed connection) before it polls the answer. The request's
+    /// URI and header values are slices of hyper's read buffer: while the request lives, that
+    /// read must allocate a fresh buffer (8 KiB) instead of reusing the one the head came in,
+    /// once per request (design.md, Findings).
+    pub fn respond<B>(self, req: Request<B>) -> impl Future<Output = HttpResponse> + Send + 'static
+    where
+        B: Send + Sync + 'static,
+    {
+        // Traced requests take the whole path: their span starts with the request.
+        let purchase = if crate::otel::enabled() {
+            None
+        } else {
+            self.anonymous_purchase(&req)
+        };
+        let req = match purchase {
+            Some(_) => {
+                drop(req);
+                None
+            }
+            None => Some(req),
+        };
+        async move {
+            match (purchase, req) {
+                (Some(event), _) => {
+                    let m = &self.inner.metrics;
+                    let _in_flight = m.request_started();
+                    let response = self.buy(event, false).await;
+                    m.record_http(Route::Buy("").label(), response.status().as_u16());
+                    response
+                }
+                (None, Some(req)) => self.handle(req).await,
+                (None, None) => unreachable!("the request is kept unless a purchase was taken"),
+            }
+        }
+    }
+
+    /// The event of `req` when it is an anonymous purchase that passes every check before the
+    /// store; `None` for anything else (answered by [`App::handle`], which says why).
+    fn anonymous_purchase<B>(&self, req: &Request<B>) -> Option<Arc<Event>> {
+        match route(req.method(), req.uri().path()) {
+            Route::Buy(id) => match self.who(req) {
+                Ok(None) => self.buy_target(req, id).ok(),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Answers one request. Never fails: every error is an HTTP answer.

@@ -283,6 +283,12 @@ async fn request_future_stays_small() {
     let future = app.handle(http::Request::post("/buy/1").body(()).unwrap());
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2048, "request future is {size} bytes");
+    // What the server keeps per connection: the future of `respond`.
+    let future = app
+        .clone()
+        .respond(http::Request::post("/buy/1").body(()).unwrap());
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2048, "respond future is {size} bytes");
 }
 
 /// Script calls (`EVALSHA`, and `EVAL` after a script-cache miss) Redis ran so far.
