@@ -201,6 +201,20 @@ mod tests {
             ) -> (StorePath, Result<Sale, StoreError>) {
                 (StorePath::Memory, Err(StoreError::UnknownEvent))
             }
+            async fn purchase_by<'a>(
+                &'a self,
+                _: &'a Arc<Event>,
+                _: &'a Arc<crate::store::purchaser::Purchaser>,
+            ) -> (StorePath, Result<Sale, StoreError>) {
+                (StorePath::Memory, Err(StoreError::UnknownEvent))
+            }
+            async fn tickets<'a>(
+                &'a self,
+                _: &'a Arc<Event>,
+                _: &'a str,
+            ) -> Result<Vec<bytes::Bytes>, StoreError> {
+                Ok(Vec::new())
+            }
             async fn remaining<'a>(
                 &'a self,
                 events: &'a [Arc<Event>],
