@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
 use opentelemetry::Context;
@@ -127,25 +128,19 @@ impl<S: Store> App<S> {
         } else {
             self.anonymous_purchase(&req)
         };
-        let req = match purchase {
-            Some(_) => {
+        match purchase {
+            Some(event) => {
                 drop(req);
-                None
-            }
-            None => Some(req),
-        };
-        async move {
-            match (purchase, req) {
-                (Some(event), _) => {
+                Either::Left(async move {
                     let m = &self.inner.metrics;
                     let _in_flight = m.request_started();
                     let response = self.buy(event, false).await;
                     m.record_http(Route::Buy("").label(), response.status().as_u16());
                     response
-                }
-                (None, Some(req)) => self.handle(req).await,
-                (None, None) => unreachable!("the request is kept unless a purchase was taken"),
+                })
             }
+            // The request moves into `handle`'s future; only one of the two is ever held.
+            None => Either::Right(async move { self.handle(req).await }),
         }
     }
 
