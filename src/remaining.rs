@@ -64,13 +64,14 @@ pub async fn refresh_once<S: Store>(
             for ((e, count), before) in events.iter().zip(counts).zip(before) {
                 // A purchase of this event answered during the read set a count at least as new
                 // as the one read: keep it (the next refresh corrects it either way).
-                if answered(e) == before {
-                    e.metrics.set_remaining(count);
-                }
                 if count > 0 {
                     // Tickets are back (or never went): no more "sold out" from memory, whatever
-                    // was answered meanwhile (crate::sold_out).
+                    // was answered meanwhile (crate::sold_out). Before the gauge, so that a
+                    // gauge showing tickets means they are on sale here.
                     e.sold_out.tickets_back();
+                }
+                if answered(e) == before {
+                    e.metrics.set_remaining(count);
                 }
             }
             metrics.remaining_refreshed();
