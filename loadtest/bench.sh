@@ -33,7 +33,10 @@
 #   CLIENT=loadtest        the project's load tester (checks every ticket and the ledger), or
 #                          CLIENT=wrk: wrk -t2 -cN -dD -s loadtest/wrk/buy.lua (healthz: plain
 #                          wrk GET); wrk checks nothing but the status codes
-#   TICKETS=2000000        tickets of the event per row
+#   TICKETS=2000000        tickets per row (of the one event; with EVENTS, split evenly over them)
+#   EVENTS=1               events per row (ids 1..EVENTS), each request buying one at random
+#                          (uniformly): EVENTS=10000 measures whether a purchase stays flat in
+#                          the number of events (catalogue, keys, batches of fewer purchases)
 #   CARGO_TARGET_DIR       honoured (default: target)
 #   TICKETD_BIN, LOADTEST_BIN   measure these binaries instead of building (before/after runs);
 #                          bare and peer are taken from LOADTEST_BIN's directory, or from
@@ -51,7 +54,14 @@ CASES=${CASES:-"healthz buy-redis buy-memory"}
 CLIENT=${CLIENT:-loadtest}
 ROUNDS=${ROUNDS:-1}
 TICKETS=${TICKETS:-2000000}
+EVENTS=${EVENTS:-1}
 EVENT=1
+[ "$EVENTS" -ge 1 ] 2>/dev/null || { echo "bench.sh: EVENTS must be a number of events, 1 or more" >&2; exit 1; }
+PER_EVENT=$((TICKETS / EVENTS))
+[ "$PER_EVENT" -ge 1 ] || { echo "bench.sh: TICKETS=$TICKETS is fewer than EVENTS=$EVENTS" >&2; exit 1; }
+# Event specs for ticketd (ID=TICKETS,...) and ids for the clients (ID,...): 1..EVENTS.
+SPECS=$(seq -s, -f "%.0f=$PER_EVENT" 1 "$EVENTS")
+IDS=$(seq -s, 1 "$EVENTS")
 
 . loadtest/common.sh
 need bench.sh redis-server redis-cli curl jq
@@ -90,17 +100,17 @@ trap 'exit 130' INT TERM
 mkdir -p "$WORK/redis"
 start_redis "$WORK/redis" --maxclients 1000
 
-seed_redis() { # a flushed private Redis holding event $EVENT with $TICKETS tickets
+seed_redis() { # a flushed private Redis holding events 1..$EVENTS with $TICKETS tickets in all
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   # Seeded in a separate process, so the server's peak RSS is that of serving (seeding millions
   # of tickets at start-up has a peak of its own).
-  "$TICKETD" seed --redis-url "$REDIS_URL" --events "$EVENT=$TICKETS" >"$WORK/seed.log" 2>&1
+  "$TICKETD" seed --redis-url "$REDIS_URL" --events "$SPECS" >"$WORK/seed.log" 2>&1
 }
 
 start_ticketd() { # store: starts a fresh ticketd on a free port; sets PORT and SERVER_PID
   local store=$1
   PORT=$(free_port)
-  local args=(--store "$store" --events "$EVENT=$TICKETS" --listen "127.0.0.1:$PORT")
+  local args=(--store "$store" --events "$SPECS" --listen "127.0.0.1:$PORT")
   if [ "$store" = redis ]; then
     args+=(--redis-url "$REDIS_URL")
     # If seeding fails, the server seeds at start (and its RSS includes it).
@@ -176,8 +186,8 @@ run_loadtest() { # case connections key: one measurement with the project's load
   local case=$1 conns=$2 key=$3 extra=() rc=0
   case $case in
     healthz) extra=(--method GET --path /healthz) ;;
-    buy-redis | peer) extra=(--events "$EVENT" --redis-url "$REDIS_URL") ;;
-    buy-memory) extra=(--events "$EVENT") ;;
+    buy-redis | peer) extra=(--events "$IDS" --redis-url "$REDIS_URL") ;;
+    buy-memory) extra=(--events "$IDS") ;;
     # The same fixed ticket in every answer: not a purchase, so no ticket check.
     bare) extra=(--path "/buy/$EVENT") ;;
   esac
@@ -230,7 +240,10 @@ run_wrk() { # case connections key: one measurement with wrk
     # buy.lua POSTs; the health check is a plain GET.
     wrk -t2 -c"$conns" -d"$DURATION" --timeout 10s --latency "http://127.0.0.1:$PORT/healthz" >"$out" 2>&1 || rc=$?
   else
-    wrk -t2 -c"$conns" -d"$DURATION" --timeout 10s -s loadtest/wrk/buy.lua "http://127.0.0.1:$PORT/buy/$EVENT" >"$out" 2>&1 || rc=$?
+    local events=()
+    # One event: the static request (no Lua per request); several: a random one per request.
+    [ "$EVENTS" -gt 1 ] && events=(-- "$IDS")
+    wrk -t2 -c"$conns" -d"$DURATION" --timeout 10s -s loadtest/wrk/buy.lua "http://127.0.0.1:$PORT/buy/$EVENT" "${events[@]}" >"$out" 2>&1 || rc=$?
   fi
   s1=$(cpu_seconds "$SERVER_PID")
   [ "$USES_REDIS" = 1 ] && r1=$(cpu_seconds "$REDIS_PID")
@@ -300,6 +313,7 @@ measure() { # case connections round
   if [ "${SOLDOUT[$key]}" != 0 ] || [ "${OTHER[$key]}" != 0 ]; then FAILED=1; fi
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$ROUNDS"); do
   for conns in $CONNECTIONS; do
     for case in $CASES; do
@@ -326,7 +340,7 @@ ratio() { # array case base connections: the median over rounds of (case / base)
 }
 
 echo
-echo "ticketd benchmark: $(nproc) cores shared by client, servers and Redis; client $CLIENT, $DURATION per row, $TICKETS tickets per row, median of $ROUNDS interleaved round(s)"
+echo "ticketd benchmark: $(nproc) cores shared by client, servers and Redis; client $CLIENT, $DURATION per row, $TICKETS tickets per row over $EVENTS event(s), median of $ROUNDS interleaved round(s); load average before: $LOAD_BEFORE"
 echo
 echo "| case | connections | requests/s | 2xx/s | p50 (ms) | p99 (ms) | server peak RSS | server CPU µs/req | Redis CPU µs/req | vs healthz | vs bare | vs peer | CPU vs bare | sold_out | other errors | checks |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -344,12 +358,14 @@ for case in $CASES; do
       [ "${CHECK[$k]}" = "$CHECKED" ] || checks=${CHECK[$k]}
     done
     label=$case
+    path=/buy/$EVENT
+    [ "$EVENTS" -gt 1 ] && path="/buy/{1..$EVENTS}"
     case $case in
       healthz) label="GET /healthz" ;;
-      buy-redis) label="POST /buy/$EVENT (redis)" ;;
-      buy-memory) label="POST /buy/$EVENT (memory)" ;;
-      bare) label="POST /buy/$EVENT (bare hyper)" ;;
-      peer) label="POST /buy/$EVENT (axum + redis-rs)" ;;
+      buy-redis) label="POST $path (redis)" ;;
+      buy-memory) label="POST $path (memory)" ;;
+      bare) label="POST $path (bare hyper)" ;;
+      peer) label="POST $path (axum + redis-rs)" ;;
     esac
     echo "| $label | $conns | ${RPS[$key]} | ${OKPS[$key]} | ${P50[$key]} | ${P99[$key]} | $rss MiB | ${SCPU[$key]} | ${RCPU[$key]} | $(ratio RPS "$case" healthz "$conns") | $(ratio RPS "$case" bare "$conns") | $(ratio RPS "$case" peer "$conns") | $(ratio TCPU "$case" bare "$conns") | $soldout | $other | $checks |"
   done

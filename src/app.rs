@@ -2,10 +2,12 @@
 //! [`App::handle`] answers one request. Tests call it without a socket; [`crate::server::serve`]
 //! drives it per connection.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, StatusCode};
 use opentelemetry::Context;
@@ -21,6 +23,7 @@ use crate::metrics_render::{render_json, render_text, Snapshot, TEXT_CONTENT_TYP
 use crate::otel::spans;
 use crate::response::{self, json, HttpResponse};
 use crate::router::{route, Route};
+use crate::sold_out::Seen;
 use crate::store::purchaser::Purchaser;
 use crate::store::{Sale, Store, StoreError};
 
@@ -106,6 +109,53 @@ impl<S: Store> App<S> {
         &self.inner.store
     }
 
+    /// Answers one request, as [`App::handle`] does, but does the request work of an anonymous
+    /// purchase (routing, the catalogue, the buyer headers) at once, before the returned future
+    /// is first polled, and drops the request there.
+    ///
+    /// Why: hyper calls the service as soon as it has parsed a request head, and then reads the
+    /// socket again (to notice a closed connection) before it polls the answer. The request's
+    /// URI and header values are slices of hyper's read buffer: while the request lives, that
+    /// read must allocate a fresh buffer (8 KiB) instead of reusing the one the head came in,
+    /// once per request (design.md, Findings).
+    pub fn respond<B>(self, req: Request<B>) -> impl Future<Output = HttpResponse> + Send + 'static
+    where
+        B: Send + Sync + 'static,
+    {
+        // Traced requests take the whole path: their span starts with the request.
+        let purchase = if crate::otel::enabled() {
+            None
+        } else {
+            self.anonymous_purchase(&req)
+        };
+        match purchase {
+            Some(event) => {
+                drop(req);
+                Either::Left(async move {
+                    let m = &self.inner.metrics;
+                    let _in_flight = m.request_started();
+                    let response = self.buy(event, false).await;
+                    m.record_http(Route::Buy("").label(), response.status().as_u16());
+                    response
+                })
+            }
+            // The request moves into `handle`'s future; only one of the two is ever held.
+            None => Either::Right(async move { self.handle(req).await }),
+        }
+    }
+
+    /// The event of `req` when it is an anonymous purchase that passes every check before the
+    /// store; `None` for anything else (answered by [`App::handle`], which says why).
+    fn anonymous_purchase<B>(&self, req: &Request<B>) -> Option<Arc<Event>> {
+        match route(req.method(), req.uri().path()) {
+            Route::Buy(id) => match self.who(req) {
+                Ok(None) => self.buy_target(req, id).ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle<B>(&self, req: Request<B>) -> HttpResponse {
         if crate::otel::enabled() {
@@ -187,11 +237,17 @@ impl<S: Store> App<S> {
                 Some(guard) => Some(guard),
                 None => {
                     let (path, result) = (StorePath::Redis, Ok(Sale::KeyInUse));
-                    return self.answer_purchase(&event, path, result, Duration::ZERO).1;
+                    let seen = event.sold_out.before_store().1;
+                    return self
+                        .answer_purchase(&event, path, result, seen, Duration::ZERO)
+                        .1;
                 }
             },
             None => None,
         };
+        // Keyed and known buyers always ask the store: a repeated key must get its first answer,
+        // and a limit is the store's to judge. Their sold-out answers are remembered all the same.
+        let (_, seen) = event.sold_out.before_store();
         let started = Instant::now();
         let purchase = self.inner.store.purchase_by(&event, &who);
         let (path, result) = if traced {
@@ -203,7 +259,7 @@ impl<S: Store> App<S> {
         } else {
             purchase.await
         };
-        self.answer_purchase(&event, path, result, started.elapsed())
+        self.answer_purchase(&event, path, result, seen, started.elapsed())
             .1
     }
 
@@ -244,19 +300,26 @@ impl<S: Store> App<S> {
         self.inner.catalog.get(id).ok_or(ApiError::UnknownEvent)
     }
 
+    /// An anonymous purchase. Once the store said the event is sold out, answered from memory
+    /// until tickets may be back ([`crate::sold_out`]): no store call.
     async fn buy(&self, event: Arc<Event>, traced: bool) -> HttpResponse {
+        let (sold_out, seen) = event.sold_out.before_store();
+        if sold_out {
+            event.metrics.record_sold_out_from_memory();
+            return ApiError::SoldOut(event.id.clone()).into_response();
+        }
         if traced {
             // Boxed, like the traced request: the untraced purchase future stays as it was.
-            return Box::pin(self.buy_traced(event)).await;
+            return Box::pin(self.buy_traced(event, seen)).await;
         }
         let started = Instant::now();
         let (path, result) = self.inner.store.purchase(&event).await;
-        self.answer_purchase(&event, path, result, started.elapsed())
+        self.answer_purchase(&event, path, result, seen, started.elapsed())
             .1
     }
 
     /// [`App::buy`] inside a `purchase` span that records what the store decided.
-    async fn buy_traced(&self, event: Arc<Event>) -> HttpResponse {
+    async fn buy_traced(&self, event: Arc<Event>, seen: Seen) -> HttpResponse {
         let span = spans::purchase(&event);
         let started = Instant::now();
         let (path, result) = self
@@ -267,7 +330,7 @@ impl<S: Store> App<S> {
             .await;
         let took = started.elapsed();
         let recorded = result.clone();
-        let (outcome, response) = self.answer_purchase(&event, path, result, took);
+        let (outcome, response) = self.answer_purchase(&event, path, result, seen, took);
         spans::record_purchase(&span, &event, path, outcome, &recorded);
         response
     }
@@ -284,22 +347,25 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Records what the store decided for one purchase and answers it.
+    /// Records what the store decided for one purchase (asked after `seen`) and answers it.
     fn answer_purchase(
         &self,
         event: &Arc<Event>,
         path: StorePath,
         result: Result<Sale, StoreError>,
+        seen: Seen,
         took: Duration,
     ) -> (Outcome, HttpResponse) {
         let (outcome, response) = match result {
             Ok(Sale::Sold { ticket, remaining }) => {
                 event.metrics.set_remaining(remaining);
+                event.sold_out.sold();
                 tracing::debug!(event = %event.id, ticket, path = path.label(), latency_us = took.as_micros() as u64, "sold");
                 (Outcome::Sold, response::sale(event, ticket, remaining))
             }
             Ok(Sale::SoldOut) => {
                 event.metrics.set_remaining(0);
+                event.sold_out.answered_sold_out(seen);
                 (
                     Outcome::SoldOut,
                     ApiError::SoldOut(event.id.clone()).into_response(),

@@ -177,6 +177,9 @@ pub struct Event {
     /// Cancellations of this event queued on this instance and not done yet: tickets that may
     /// come back to the pool, so this instance tells no buyer "sold out" meanwhile.
     pub limbo: std::sync::atomic::AtomicU64,
+    /// Whether the store said this event is sold out, and no ticket may have come back since:
+    /// anonymous purchases are then answered from memory ([`crate::sold_out`]).
+    pub sold_out: crate::sold_out::SoldOut,
 }
 
 impl Event {
@@ -195,6 +198,7 @@ impl Event {
             slot: slot_of(id),
             metrics: EventMetrics::with_remaining(capacity),
             limbo: std::sync::atomic::AtomicU64::new(0),
+            sold_out: crate::sold_out::SoldOut::default(),
         }
     }
 

@@ -24,6 +24,8 @@
 //! - [`metrics`]: the lock-free registry; [`metrics_render`]: Prometheus text and JSON.
 //! - [`remaining`]: the snapshot of unsold tickets that `/metrics` reads, refreshed from the
 //!   store by one background task, so a scrape costs the store nothing.
+//! - [`sold_out`]: "sold out" remembered per event, so a sold-out event costs the store
+//!   nothing until tickets may be back.
 //! - [`stats`]: the periodic purchase-statistics log line.
 //! - [`otel`]: distributed tracing (OpenTelemetry spans over OTLP), free when off.
 //! - [`telemetry`]: logging set-up (and the trace layer beside it); [`throttle`]: rate-limited
@@ -51,6 +53,7 @@ pub mod run;
 pub mod seed;
 pub mod server;
 pub mod shutdown;
+pub mod sold_out;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

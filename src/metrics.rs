@@ -25,7 +25,7 @@ pub mod names {
     pub const STORE_PURCHASES: Family = (
         "ticketd_store_purchases_total",
         "counter",
-        "Purchase answers by the store path that gave them (redis, fallback, reserve, memory) and outcome.",
+        "Purchase answers by the store path that gave them (redis, fallback, reserve, memory) and outcome; sold-out answers given from memory once the store said so are only in ticketd_purchases_total.",
     );
     pub const TICKETS_SOLD: Family = (
         "ticketd_tickets_sold_total",
@@ -358,6 +358,8 @@ struct EventCounters {
     remaining: AtomicU64,
     /// Last count of tickets held back in expired reserves that a store reported.
     held_back: AtomicU64,
+    /// Of the `SoldOut` outcomes, those answered from memory without asking the store.
+    sold_out_from_memory: AtomicU64,
 }
 
 impl EventMetrics {
@@ -371,6 +373,19 @@ impl EventMetrics {
     /// Counts one purchase of this event.
     pub fn record(&self, outcome: Outcome) {
         self.counters.outcomes[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one purchase answered "sold out" from memory ([`crate::sold_out`]): a `SoldOut`
+    /// outcome that no store decided and that carries no remaining count.
+    pub fn record_sold_out_from_memory(&self) {
+        self.counters.sold_out_from_memory.fetch_add(1, Relaxed);
+        self.record(Outcome::SoldOut);
+    }
+
+    /// Purchases of this event answered by a store with a remaining count (sold, sold out).
+    pub fn answered_by_store(&self) -> u64 {
+        let from_memory = self.counters.sold_out_from_memory.load(Relaxed);
+        (self.count(Outcome::Sold) + self.count(Outcome::SoldOut)).saturating_sub(from_memory)
     }
 
     /// Purchases of this event that ended in `outcome`.

@@ -8,7 +8,9 @@
 //! number of scrapers, and the store is read once per interval. Sales of this instance also
 //! update the gauge as they are answered; the refresh brings in everyone else's (other
 //! instances, reserves handed back). `ticketd_remaining_snapshot_age_seconds` says how old the
-//! last read is: it grows while the store does not answer.
+//! last read is: it grows while the store does not answer. A read that finds tickets of an event
+//! also ends its "sold out" remembered from memory ([`crate::sold_out`]): that is what bounds how
+//! long a ticket that came back stays unsold on this instance.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use crate::event::Event;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Default of `--metrics-refresh`.
@@ -62,6 +64,12 @@ pub async fn refresh_once<S: Store>(
             for ((e, count), before) in events.iter().zip(counts).zip(before) {
                 // A purchase of this event answered during the read set a count at least as new
                 // as the one read: keep it (the next refresh corrects it either way).
+                if count > 0 {
+                    // Tickets are back (or never went): no more "sold out" from memory, whatever
+                    // was answered meanwhile (crate::sold_out). Before the gauge, so that a
+                    // gauge showing tickets means they are on sale here.
+                    e.sold_out.tickets_back();
+                }
                 if answered(e) == before {
                     e.metrics.set_remaining(count);
                 }
@@ -73,16 +81,17 @@ pub async fn refresh_once<S: Store>(
     }
 }
 
-/// Purchases of `e` answered so far with a count of remaining tickets (sold, sold out).
+/// Purchases of `e` answered so far by the store with a count of remaining tickets (sold, sold
+/// out; not the sold-out answers given from memory, which carry no count).
 fn answered(e: &Event) -> u64 {
-    e.metrics.count(Outcome::Sold) + e.metrics.count(Outcome::SoldOut)
+    e.metrics.answered_by_store()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::metrics::StorePath;
+    use crate::metrics::{Outcome, StorePath};
     use crate::store::{Sale, StoreError};
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

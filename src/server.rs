@@ -75,7 +75,11 @@ pub async fn serve<S: Store>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        // One copy of the short answer into the head's buffer and one write, instead of a
+        // queue of buffers for writev: 390 fewer instructions per purchase (design.md,
+        // Findings).
+        .writev(false);
     let accept_errors = Throttle::new(Duration::from_secs(5));
     tokio::pin!(shutdown);
     loop {
@@ -97,8 +101,8 @@ pub async fn serve<S: Store>(
         let guard = ConnectionGuard::new(app.metrics().clone());
         let app = app.clone();
         let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            let answer = app.clone().respond(req);
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

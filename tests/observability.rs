@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fred::interfaces::{ClientLike, ListInterface};
 use hyper::{Method, StatusCode};
 use support::http::request;
-use support::redis::free_port;
+use support::redis::{command_calls, free_port};
 use support::{Conn, RedisServer, Ticketd, TicketdProcess};
 
 #[tokio::test]
@@ -125,26 +125,6 @@ async fn prometheus_scrapes_and_answers_queries() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     t.stop().await;
-}
-
-/// Calls of each Redis command so far (`INFO commandstats`), by lower-case name.
-async fn command_calls(r: &fred::clients::Client) -> std::collections::HashMap<String, u64> {
-    let info: String = r
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
 }
 
 /// A scrape reads the snapshot that one background task refreshes: 200 scrapes, in both

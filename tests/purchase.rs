@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use fred::prelude::*;
 use hyper::{Method, StatusCode};
 use support::{Conn, RedisServer, Ticketd};
@@ -281,4 +283,77 @@ async fn request_future_stays_small() {
     let future = app.handle(http::Request::post("/buy/1").body(()).unwrap());
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2048, "request future is {size} bytes");
+    // What the server keeps per connection: the future of `respond`.
+    let future = app
+        .clone()
+        .respond(http::Request::post("/buy/1").body(()).unwrap());
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2048, "respond future is {size} bytes");
+}
+
+/// Script calls (`EVALSHA`, and `EVAL` after a script-cache miss) Redis ran so far.
+async fn script_calls(r: &Client) -> u64 {
+    let calls = support::redis::command_calls(r).await;
+    calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
+}
+
+/// Once Redis said an event is sold out, further anonymous purchases of it are answered `409`
+/// from memory: Redis runs no script for them. A ticket that comes back behind ticketd's back
+/// (pushed into the pool, as another instance's cancellation would) is sold again within the
+/// stated bound: one `--metrics-refresh` plus the refresh's round trip.
+#[tokio::test]
+async fn sold_out_is_answered_from_memory_until_a_ticket_comes_back() {
+    const REFRESH: Duration = Duration::from_millis(200);
+    let redis = RedisServer::start();
+    let t = Ticketd::on_redis(
+        &redis,
+        "1=3",
+        &["--metrics-refresh", "200ms", "--fallback-reserve", "0"],
+    )
+    .await;
+    t.wait_ready().await;
+    let r = redis.client().await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.buy("1").await.unwrap().status, StatusCode::OK);
+    }
+    // Redis decides this one.
+    assert_eq!(c.buy("1").await.unwrap().status, StatusCode::CONFLICT);
+
+    let scripts = script_calls(&r).await;
+    let batches = t.metrics_json().await["redis"]["purchase_batches"].clone();
+    for _ in 0..50 {
+        let a = c.buy("1").await.unwrap();
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        assert_eq!(a.text(), r#"{"error":"sold_out","event":"1"}"#);
+    }
+    assert_eq!(
+        script_calls(&r).await,
+        scripts,
+        "sold-out answers after Redis said sold out ran scripts"
+    );
+    let m = t.metrics_json().await;
+    assert_eq!(m["redis"]["purchase_batches"], batches);
+    assert_eq!(m["events"]["1"]["sold_out"], 51, "{m}");
+
+    // A cancellation gives ticket 2 back.
+    let _: i64 = r.hdel("event:{1}:sold", "1-000002").await.unwrap();
+    let _: i64 = r.lpush("event:{1}:tickets", "1-000002").await.unwrap();
+    let back = Instant::now();
+    let sold = loop {
+        let a = c.buy("1").await.unwrap();
+        if a.status == StatusCode::OK {
+            break a.json();
+        }
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        // One refresh interval and its read, with room for a loaded machine.
+        assert!(
+            back.elapsed() < REFRESH * 2 + Duration::from_secs(1),
+            "the ticket given back was not on sale again within the bound"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(sold["ticket"], "1-000002");
+    let a = c.buy("1").await.unwrap();
+    assert_eq!(a.status, StatusCode::CONFLICT, "sold out again, from Redis");
 }

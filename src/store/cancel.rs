@@ -109,6 +109,8 @@ impl Cancels {
     /// Queues a cancellation without journaling it (one a previous run journaled).
     pub fn push(&self, event: Arc<Event>, batch: Bytes, tickets: Vec<Bytes>, purchases: u64) {
         event.limbo.fetch_add(1, Relaxed);
+        // Its tickets may come back: no more "sold out" from memory.
+        event.sold_out.tickets_back();
         self.inner.pending.fetch_add(1, Relaxed);
         self.inner.queue.lock().push_back(PendingCancel {
             event,
@@ -179,6 +181,9 @@ impl Cancels {
 
 fn done(inner: &Inner, p: &PendingCancel) {
     p.event.limbo.fetch_sub(1, Relaxed);
+    // Its tickets are back (or it gave up): a "sold out" the store decided before must not be
+    // remembered.
+    p.event.sold_out.tickets_back();
     inner.pending.fetch_sub(1, Relaxed);
 }
 

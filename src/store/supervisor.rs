@@ -261,6 +261,10 @@ fn rotate(er: &EventReserve, listed: Vec<u64>) {
     unsettled.extend(sales);
     let sold: HashSet<u64> = unsettled.iter().map(|s| s.ticket).collect();
     let fresh: Vec<u64> = listed.into_iter().filter(|t| !sold.contains(t)).collect();
+    if !fresh.is_empty() {
+        // Tickets to sell here, also while Redis fails: no "sold out" from memory.
+        er.event.sold_out.tickets_back();
+    }
     *er.current.write() = Arc::new(Reserve::new(fresh));
     er.swapped.notify_waiters();
 }

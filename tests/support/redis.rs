@@ -149,3 +149,23 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Calls of each Redis command so far (`INFO commandstats`), by lower-case name.
+pub async fn command_calls(r: &fred::clients::Client) -> std::collections::HashMap<String, u64> {
+    let info: String = r
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
