@@ -281,8 +281,13 @@ fn check_event(state: &EventState, got: &BTreeMap<&str, Vec<&Op>>) -> Vec<Violat
     // 1. No ticket twice. Requests of one known buyer with one key are one purchase: a
     // repeat is answered with the same ticket.
     let purchases = |ops: &Vec<&Op>| {
-        let anonymous = ops.iter().filter(|op| op.known.is_none()).count();
-        let keys: HashSet<_> = ops.iter().filter_map(|op| op.known.as_ref()).collect();
+        let keyless = |op: &&&Op| op.known.as_ref().is_none_or(|k| k.key.is_empty());
+        let anonymous = ops.iter().filter(keyless).count();
+        let keys: HashSet<_> = ops
+            .iter()
+            .filter(|op| !keyless(op))
+            .filter_map(|op| op.known.as_ref())
+            .collect();
         anonymous + keys.len()
     };
     let twice: Vec<String> = got

@@ -10,7 +10,9 @@
 //! Like a real client they send the same key again after a `503`, a timeout, a lost
 //! connection or `409 idempotency_key_in_use`, on the next instance; and after a `200` they
 //! sometimes send it once more (a double submission), whose answer must name the same ticket.
-//! The drain stays anonymous.
+//! The instances then refuse anonymous purchases (`401`), so the other connections, and the
+//! drain, buy as a new buyer each time, without a key: the same load as before, through the
+//! path of known buyers. (`--known-buyers 0` runs the anonymous path.)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +61,35 @@ pub struct Load {
     /// Mean pause of one connection between two requests (jittered ±50 %): the pace is about
     /// `connections / pause` requests per second.
     pub pause: Duration,
+}
+
+/// The buyers of a connection that buys without a key: anonymous, or, when the instances
+/// refuse anonymous purchases (`--buyer-header` set, they answer `401`), a new buyer id for
+/// every purchase (`once-<connection>-<n>`), who never reaches the limit.
+struct OneOff {
+    header: Option<&'static str>,
+    connection: usize,
+    n: usize,
+}
+
+impl OneOff {
+    fn new(header: Option<&'static str>, connection: usize) -> Self {
+        Self {
+            header,
+            connection,
+            n: 0,
+        }
+    }
+
+    /// The buyer of the next purchase; `None`: anonymous.
+    fn next(&mut self) -> Option<Known> {
+        self.header?;
+        self.n += 1;
+        Some(Known {
+            buyer: format!("once-{}-{}", self.connection, self.n).into(),
+            key: "".into(),
+        })
+    }
 }
 
 /// One connection slot: its instance, its connection (and when it was opened), its record.
@@ -129,10 +160,13 @@ impl Buyer {
         let mut error = None;
         let mut remaining = None;
         let quoted = known.map(|(k, _)| format!("\"{}\"", k.key));
-        let headers: Vec<(&str, &str)> = match (known, &quoted) {
-            (Some((k, header)), Some(q)) => vec![(header, &*k.buyer), ("idempotency-key", q)],
-            _ => Vec::new(),
-        };
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let (Some((k, header)), Some(q)) = (known, &quoted) {
+            headers.push((header, &k.buyer));
+            if !k.key.is_empty() {
+                headers.push(("idempotency-key", q));
+            }
+        }
         let outcome = match conn
             .send_with(Method::POST, &path, &headers, REQUEST_BOUND)
             .await
@@ -249,10 +283,12 @@ pub async fn buy_paced(
             )))
         })
         .collect();
+    let header = known.as_ref().map(|k| k.header);
     tasks.extend((first_anonymous..load.connections).map(|id| {
         let mut buyer = Buyer::new(id, &addrs, clock);
         let events = events.clone();
         let stop = stop.clone();
+        let mut once = OneOff::new(header, id);
         tokio::spawn(async move {
             let mut sold_out = vec![false; events.len()];
             let mut cursor = id;
@@ -262,7 +298,11 @@ pub async fn buy_paced(
             tokio::time::sleep(Duration::from_secs_f64(first)).await;
             while !stop.load(Ordering::Relaxed) && !buyer.gave_up() {
                 if let Some(e) = next_event(&mut cursor, events.len(), |e| !sold_out[e]) {
-                    if buyer.buy(&events[e], e, Phase::Faults, None).await == Outcome::SoldOut {
+                    let who = once.next();
+                    let outcome = buyer
+                        .buy(&events[e], e, Phase::Faults, who.as_ref().zip(header))
+                        .await;
+                    if outcome == Outcome::SoldOut {
                         sold_out[e] = true;
                     }
                 }
@@ -360,11 +400,13 @@ pub struct Drained {
 }
 
 /// Buys with `connections` connections at full speed until every instance has answered `409`
-/// for every event, or `bound` passes.
+/// for every event, or `bound` passes; with `header` (buyers known to the instances) as a new
+/// buyer each time, without a key.
 pub async fn drain(
     addrs: Vec<SocketAddr>,
     events: Arc<Vec<String>>,
     connections: usize,
+    header: Option<&'static str>,
     clock: Clock,
     bound: Duration,
 ) -> Drained {
@@ -380,6 +422,7 @@ pub async fn drain(
             let mut buyer = Buyer::new(id, &addrs, clock);
             let events = events.clone();
             let done = done.clone();
+            let mut once = OneOff::new(header, id + 100_000);
             tokio::spawn(async move {
                 let mine = &done[buyer.instance];
                 let mut cursor = id;
@@ -389,7 +432,11 @@ pub async fn drain(
                     }) else {
                         break;
                     };
-                    match buyer.buy(&events[e], e, Phase::Drain, None).await {
+                    let who = once.next();
+                    match buyer
+                        .buy(&events[e], e, Phase::Drain, who.as_ref().zip(header))
+                        .await
+                    {
                         Outcome::SoldOut => mine[e].store(true, Ordering::Relaxed),
                         Outcome::Unavailable => tokio::time::sleep(DRAIN_RETRY).await,
                         _ => {}

@@ -108,7 +108,7 @@ pub struct Op {
 pub struct Known {
     /// The buyer id (the `x-buyer` header).
     pub buyer: Arc<str>,
-    /// The key (the unquoted content of the header's string).
+    /// The key (the unquoted content of the header's string); empty: none sent.
     pub key: Arc<str>,
 }
 

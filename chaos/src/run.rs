@@ -213,6 +213,7 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
         cluster.addrs(),
         events.clone(),
         options.drain_connections,
+        options.known.as_ref().map(|k| k.header),
         clock,
         options.drain_bound,
     )

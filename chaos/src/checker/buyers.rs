@@ -37,13 +37,13 @@ pub const FALLBACK_GRACE: Duration = Duration::from_secs(4);
 /// What the known buyers did, for the report.
 #[derive(Debug, Clone, Default)]
 pub struct BuyerSummary {
-    /// Purchases by known buyers (every attempt).
+    /// Purchases by known buyers with a key (every attempt).
     pub requests: usize,
     /// Distinct (event, buyer, key).
     pub keys: usize,
     /// Keys sent more than once (retries and repeats).
     pub keys_repeated: usize,
-    /// `200`s to known buyers.
+    /// `200`s to known buyers with a key.
     pub sold: usize,
     /// Keys with two distinct tickets in their `200`s or two sales in the ledger, allowed by a
     /// fallback period: one line each, with the period.
@@ -80,7 +80,7 @@ pub fn check(history: &History, states: &[EventState]) -> Option<(BuyerSummary, 
     let mut out = Vec::new();
     let mut keyed: Keyed = BTreeMap::new();
     for op in &history.ops {
-        if let Some(k) = &op.known {
+        if let Some(k) = op.known.as_ref().filter(|k| !k.key.is_empty()) {
             summary.requests += 1;
             if matches!(op.outcome, Outcome::Sold(_)) {
                 summary.sold += 1;
@@ -521,6 +521,12 @@ mod tests {
         let h = history(vec![
             op(0, 100, sold("x-1"), known("buyer-1", "k1")),
             op(1, 200, sold("x-1"), None),
+        ]);
+        assert!(broken(&h, &state()).contains(&1));
+        // Purchases without a key are each their own, even by one buyer.
+        let h = history(vec![
+            op(0, 100, sold("x-3"), known("once-1", "")),
+            op(1, 200, sold("x-3"), known("once-1", "")),
         ]);
         assert!(broken(&h, &state()).contains(&1));
     }
