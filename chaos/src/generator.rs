@@ -33,6 +33,9 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 const MAX_RECONNECTS: u32 = 300;
 /// Pause after a `503` while draining.
 const DRAIN_RETRY: Duration = Duration::from_millis(50);
+/// A connection idle this long is closed and a new one opened before the next request: well
+/// under ticketd's header read timeout (10 s), after which it closes an idle connection.
+const IDLE_REOPEN: Duration = Duration::from_secs(5);
 /// Attempts of one known buyer's purchase (its first and the retries with the same key).
 const KEY_ATTEMPTS: u32 = 30;
 /// Pause before a retry with the same key (jittered ±50 %).
@@ -99,6 +102,8 @@ struct Buyer {
     addr: SocketAddr,
     clock: Clock,
     conn: Option<(Conn, Duration)>,
+    /// When the connection last answered: one idle for [`IDLE_REOPEN`] is not used again.
+    last_used: Duration,
     failed_connects: u32,
     ops: Vec<Op>,
 }
@@ -112,6 +117,7 @@ impl Buyer {
             addr: addrs[instance],
             clock,
             conn: None,
+            last_used: Duration::ZERO,
             failed_connects: 0,
             ops: Vec::new(),
         }
@@ -131,6 +137,12 @@ impl Buyer {
         phase: Phase,
         known: Option<(&Known, &'static str)>,
     ) -> Outcome {
+        // ticketd closes a keep-alive connection idle for its header read timeout (10 s); a
+        // known buyer's connection to an instance it retries on can sit that long. Sending on
+        // it would race the close, so a client opens a new one instead, as pools do.
+        if self.clock.now().saturating_sub(self.last_used) >= IDLE_REOPEN {
+            self.conn = None;
+        }
         let (mut conn, connected) = match self.conn.take() {
             Some(open) => open,
             None => {
@@ -173,6 +185,7 @@ impl Buyer {
         {
             Ok(answer) => {
                 self.conn = Some((conn, connected));
+                self.last_used = self.clock.now();
                 match answer.status {
                     200 => {
                         remaining = answer.remaining();

@@ -351,9 +351,9 @@ impl Report {
         };
         let known = v.buyers.as_ref().map_or(String::new(), |b| {
             format!(
-                "  known {}/{} keys, 2 tickets {}, over N {}",
-                b.sold,
+                "  keys {} (200s {}), 2 tickets {}, over N {}",
                 b.keys,
+                b.sold,
                 b.keys_twice.len(),
                 b.over_limit.len()
             )
