@@ -17,8 +17,8 @@
 //!    ticket sold in the ledger to that buyer (none for a ticket back in the pool), and every
 //!    ledger sale to a buyer is in that index.
 //! 8. **The limit.** A buyer holds at most `--max-per-buyer` (N) tickets of an event in the
-//!    ledger; at most N + N × instances when that event had a fallback period (see 6). How
-//!    often the looser bound was needed is counted.
+//!    ledger; at most N + N × instances when that event had a fallback period (see 6) before
+//!    the known buyers' last request for it. How often the looser bound was needed is counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -105,14 +105,16 @@ pub fn check(history: &History, states: &[EventState]) -> Option<(BuyerSummary, 
         for ((_, k), ops) in mine.clone() {
             let first_sent = ops.iter().map(|op| op.start).min().unwrap_or_default();
             let mut first: Option<&str> = None;
+            let mut other: Vec<&str> = Vec::new();
             for op in ops {
                 let Outcome::Sold(t) = &op.outcome else {
                     continue;
                 };
                 match first {
                     None => first = Some(t),
-                    Some(f) if f == t => {}
+                    Some(f) if f == t || other.contains(&t.as_str()) => {}
                     Some(f) => {
+                        other.push(t);
                         let what = format!(
                             "{} key {}: {f}, then {t} from instance {} at {}",
                             k.buyer,
@@ -306,9 +308,17 @@ impl Periods<'_> {
             .map(|at| format!("end of the sale from {}", secs(at)))
     }
 
-    /// Whether event `e` had any fallback period, and the first.
+    /// Whether event `e` had a fallback period while known buyers bought it (the end of the
+    /// sale during the drain, where they buy no more, does not count), and the first.
     fn any(&self, e: usize) -> Option<String> {
-        self.excuse(e, Duration::ZERO, Duration::MAX)
+        let last = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| op.event == e && op.known.as_ref().is_some_and(|k| !k.key.is_empty()))
+            .map(|op| op.end)
+            .max()?;
+        self.excuse(e, Duration::ZERO, last)
     }
 
     /// When a sale of event `e` first answered a `remaining` the reserves alone could hold.
@@ -553,7 +563,7 @@ mod tests {
         }
         s.pool.clear();
         // buyer-1 holds 5 > 2.
-        let mut h = history(vec![]);
+        let mut h = history(vec![op(0, 1_500, sold("x-4"), known("buyer-1", "k4"))]);
         assert_eq!(broken(&h, &s), vec![8]);
         // After an outage the bound is 2 + 2 × 2 = 6, and the looser bound is counted.
         h.fallback.push(outage(1_000, 2_000));
@@ -567,6 +577,25 @@ mod tests {
             end_of_sale: 200,
         });
         assert_eq!(broken(&h, &s), vec![8]);
+    }
+
+    #[test]
+    fn the_end_of_the_sale_loosens_the_limit_only_while_known_buyers_buy() {
+        let mut s = state();
+        for (t, k) in [("x-4", "k4"), ("x-5", "k5")] {
+            s.sold.insert(t.into(), format!("i.1:9 9\nbuyer-1\n{k}"));
+            s.buyers.push(format!("buyer-1\n{t}"));
+        }
+        s.pool.retain(|t| t == "x-6");
+        // buyer-1 holds 4 > 2; the pool ran low only in the drain, after its last request.
+        let mut late = op(0, 9_000, sold("x-3"), None);
+        late.remaining = Some(1);
+        let mut h = history(vec![op(0, 100, sold("x-1"), known("buyer-1", "k1")), late]);
+        assert_eq!(broken(&h, &s), vec![8]);
+        // While it still bought: the looser bound.
+        h.ops[1].start = ms(50);
+        h.ops[1].end = ms(60);
+        assert!(check_all(&h, &[s]).passed());
     }
 
     #[test]
