@@ -45,6 +45,14 @@ pub struct Args {
     /// Concurrent buyer connections (they buy about 100 tickets a second in all).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=2000))]
     pub buyers: u16,
+    /// Of those, how many buy as known buyers (`--buyer-header`, an `Idempotency-Key` per
+    /// purchase retried after failures, `--max-per-buyer 3` on the instances); 0: all
+    /// anonymous. At most an eighth of --buyers by default (8 of 64).
+    #[arg(long)]
+    pub known_buyers: Option<u16>,
+    /// Print every allowed exception (keys with two tickets, buyers over N) under each line.
+    #[arg(long)]
+    pub verbose: bool,
     /// Stop at the first failing schedule.
     #[arg(long)]
     pub fail_fast: bool,
@@ -109,26 +117,46 @@ pub async fn campaign(args: &Args) -> ExitCode {
         usize::from(args.instances),
         args.buyers.into(),
     );
+    if let Some(n) = args.known_buyers {
+        options = options.with_known_connections(n.into());
+    }
     options.keep_failed = true;
     options.keep_all = args.keep;
+    match &options.known {
+        Some(k) => println!(
+            "chaos: {} of the buyer connections buy as {} known buyers with Idempotency-Keys, --max-per-buyer {}",
+            k.connections,
+            k.buyers,
+            options.spec.max_per_buyer.unwrap_or_default()
+        ),
+        None => println!("chaos: every buyer anonymous"),
+    }
 
     let began = Instant::now();
     let mut failed = Vec::new();
     for seed in seeds {
         let schedule = options.schedule(seed);
         match run::run(&options, &schedule).await {
-            Ok(report) if report.verdict.passed() => match &report.kept {
-                Some(dir) => println!("{}  (kept {})", report.line(), dir.display()),
-                None => println!("{}", report.line()),
-            },
+            Ok(report) if report.verdict.passed() => {
+                match &report.kept {
+                    Some(dir) => println!("{}  (kept {})", report.line(), dir.display()),
+                    None => println!("{}", report.line()),
+                }
+                if let (true, Some(b)) = (args.verbose, &report.verdict.buyers) {
+                    for line in b.keys_twice.iter().chain(&b.over_limit) {
+                        println!("    allowed: {line}");
+                    }
+                }
+            }
             Ok(report) => {
                 println!("{report}");
                 println!(
-                    "replay: chaos --ticketd {} --redis {} --instances {} --buyers {} --seed {seed} --schedules 1\n",
+                    "replay: chaos --ticketd {} --redis {} --instances {} --buyers {} --known-buyers {} --seed {seed} --schedules 1\n",
                     args.ticketd.display(),
                     args.redis,
                     args.instances,
-                    args.buyers
+                    args.buyers,
+                    options.known.as_ref().map_or(0, |k| k.connections)
                 );
                 failed.push(seed);
                 if args.fail_fast {

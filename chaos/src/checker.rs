@@ -1,7 +1,8 @@
 //! The checker: judges a whole recorded history against the final state in Redis, afterwards,
 //! not request by request. The invariants, stated once:
 //!
-//! 1. No ticket id is received (`200`) by two requests.
+//! 1. No ticket id is received (`200`) by two purchases (requests of one known buyer with one
+//!    `Idempotency-Key` are one purchase: its repeats are answered with the same ticket).
 //! 2. Every received ticket is in its event's ledger (and every `200` names a ticket).
 //! 3. ledger + (pool − stale) + (reserves − stale) == capacity, and no ticket in two of those
 //!    places.
@@ -11,10 +12,22 @@
 //!    (exit 0 after SIGTERM). On a Redis Cluster also: after that stop no ticket is held back or
 //!    left in a reserve (`run.rs` records it as a problem).
 //!
+//!
+//! With known buyers (`Idempotency-Key`s, `--max-per-buyer`), three more, in [`buyers`]:
+//!
+//! 6. At most one ticket per (event, buyer, key): in every `200` and in the ledger, except
+//!    while a fallback period of the event overlaps the key's requests.
+//! 7. The ledger names the buyer and key of every ticket a known buyer received, and none of a
+//!    ticket received anonymously; the buyer index and the ledger agree.
+//! 8. A buyer holds at most N tickets of an event, N + N × instances after a fallback period.
+//!
 //! Tickets in the ledger that nobody received (their buyer lost the answer to a kill) are
-//! allowed and counted, as are quarantined (held back) tickets.
+//! allowed and counted, as are quarantined (held back) tickets, keys with two tickets and
+//! buyers over N within the looser bound.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod buyers;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -37,6 +50,12 @@ pub enum Invariant {
     EveryRequestAnswered,
     /// 5: instances come back, sell out, stop cleanly.
     Liveness,
+    /// 6: one ticket per (event, buyer, `Idempotency-Key`), but in a fallback period.
+    KeyOneTicket,
+    /// 7: the ledger names the buyer of every ticket a known buyer received.
+    LedgerNamesBuyer,
+    /// 8: a buyer's tickets of an event within the limit (looser after a fallback period).
+    BuyerLimit,
 }
 
 impl Invariant {
@@ -48,6 +67,9 @@ impl Invariant {
             Invariant::Conservation => 3,
             Invariant::EveryRequestAnswered => 4,
             Invariant::Liveness => 5,
+            Invariant::KeyOneTicket => 6,
+            Invariant::LedgerNamesBuyer => 7,
+            Invariant::BuyerLimit => 8,
         }
     }
 }
@@ -60,6 +82,9 @@ impl fmt::Display for Invariant {
             Invariant::Conservation => "ledger + pool + reserves == capacity, one place each",
             Invariant::EveryRequestAnswered => "every request to a healthy instance answered",
             Invariant::Liveness => "instances come back, sell out and stop cleanly",
+            Invariant::KeyOneTicket => "one ticket per buyer and Idempotency-Key",
+            Invariant::LedgerNamesBuyer => "the ledger names the buyer of every ticket",
+            Invariant::BuyerLimit => "a buyer's tickets within the limit",
         };
         write!(f, "({}) {name}", self.number())
     }
@@ -115,8 +140,12 @@ pub struct Tally {
     pub requests: usize,
     /// `200`.
     pub sold: usize,
-    /// `409`.
+    /// `409` (sold out).
     pub sold_out: usize,
+    /// `409 limit_reached`.
+    pub limited: usize,
+    /// `409 idempotency_key_in_use`.
+    pub key_in_use: usize,
     /// `503`.
     pub unavailable: usize,
     /// Other statuses.
@@ -136,6 +165,8 @@ pub struct Verdict {
     pub tally: Tally,
     /// Everything that broke; empty when the run passed.
     pub violations: Vec<Violation>,
+    /// What the known buyers did; `None` without them.
+    pub buyers: Option<buyers::BuyerSummary>,
 }
 
 impl Verdict {
@@ -207,6 +238,8 @@ pub fn check(history: &History, states: &[EventState]) -> Verdict {
                 });
             }
             Outcome::SoldOut => v.tally.sold_out += 1,
+            Outcome::LimitReached => v.tally.limited += 1,
+            Outcome::KeyInUse => v.tally.key_in_use += 1,
             Outcome::Unavailable => v.tally.unavailable += 1,
             Outcome::Status(_) => v.tally.other += 1,
             Outcome::NoAnswer(_) => {
@@ -221,6 +254,10 @@ pub fn check(history: &History, states: &[EventState]) -> Verdict {
     for (state, got) in states.iter().zip(&received) {
         v.violations.extend(check_event(state, got));
         v.events.push(summarize(state, got));
+    }
+    if let Some((summary, violations)) = buyers::check(history, states) {
+        v.buyers = Some(summary);
+        v.violations.extend(violations);
     }
     v.violations.extend(unanswered(history));
     v.violations
@@ -241,10 +278,21 @@ fn check_event(state: &EventState, got: &BTreeMap<&str, Vec<&Op>>) -> Vec<Violat
         event: Some(state.id.clone()),
         detail,
     };
-    // 1. No ticket twice.
+    // 1. No ticket twice. Requests of one known buyer with one key are one purchase: a
+    // repeat is answered with the same ticket.
+    let purchases = |ops: &Vec<&Op>| {
+        let keyless = |op: &&&Op| op.known.as_ref().is_none_or(|k| k.key.is_empty());
+        let anonymous = ops.iter().filter(keyless).count();
+        let keys: HashSet<_> = ops
+            .iter()
+            .filter(|op| !keyless(op))
+            .filter_map(|op| op.known.as_ref())
+            .collect();
+        anonymous + keys.len()
+    };
     let twice: Vec<String> = got
         .iter()
-        .filter(|(_, ops)| ops.len() > 1)
+        .filter(|(_, ops)| purchases(ops) > 1)
         .map(|(ticket, ops)| {
             let who: Vec<String> = ops
                 .iter()
@@ -411,6 +459,8 @@ mod tests {
             outcome,
             error: None,
             phase: Phase::Faults,
+            remaining: None,
+            known: None,
         }
     }
 

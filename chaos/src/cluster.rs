@@ -42,7 +42,13 @@ pub struct Spec {
     pub redis_timeout: Duration,
     /// One redis-server or a Redis Cluster.
     pub redis: RedisMode,
+    /// `--max-per-buyer`, with `--buyer-header` [`BUYER_HEADER`]; `None`: anonymous buyers
+    /// only, neither flag given.
+    pub max_per_buyer: Option<u32>,
 }
+
+/// The gateway header that names a known buyer (`--buyer-header`).
+pub const BUYER_HEADER: &str = "x-buyer";
 
 impl Spec {
     /// The event ids.
@@ -57,7 +63,7 @@ impl Spec {
             .map(|(id, n)| format!("{id}={n}"))
             .collect::<Vec<_>>()
             .join(",");
-        [
+        let mut args = [
             "--store",
             "redis",
             "--redis-url",
@@ -74,7 +80,19 @@ impl Spec {
             "0",
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        if let Some(n) = self.max_per_buyer {
+            args.extend(
+                [
+                    "--buyer-header",
+                    BUYER_HEADER,
+                    "--max-per-buyer",
+                    &n.to_string(),
+                ]
+                .map(str::to_owned),
+            );
+        }
+        args
     }
 }
 
@@ -96,6 +114,8 @@ pub struct Cluster {
     pub instances: Vec<Instance>,
     /// Kill and stop windows, and problems.
     pub log: FaultLog,
+    /// The shard serving each event on a Redis Cluster (empty on one Redis).
+    pub event_shards: Vec<usize>,
     clock: Clock,
     /// The open stop window of each instance.
     stopped: Vec<Option<usize>>,
@@ -123,6 +143,7 @@ impl Cluster {
             .prefix("chaos-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
+        let mut event_shards = Vec::new();
         let (redis, url) = match spec.redis {
             RedisMode::Single => {
                 let redis = RedisServer::start(&root.path().join("redis")).await?;
@@ -142,6 +163,11 @@ impl Cluster {
                         spec.event_ids()
                     )));
                 }
+                event_shards = spec
+                    .events
+                    .iter()
+                    .map(|(id, _)| redis.shard_of(event_slot(id)))
+                    .collect();
                 let url = redis.url();
                 (Backend::Cluster(redis), url)
             }
@@ -160,6 +186,7 @@ impl Cluster {
             killed: vec![None; instances.len()],
             instances,
             log: FaultLog::default(),
+            event_shards,
             clock,
             watchers: Vec::new(),
             nodes_down: vec![None; SHARDS],

@@ -1,6 +1,8 @@
 //! The record of one run that the checker judges afterwards: every request the buyers made
-//! (instance, event, when, outcome), the windows in which the nemesis had an instance killed or
-//! stopped, and what went wrong outside requests (an instance that never came back).
+//! (instance, event, when, outcome; for a known buyer also who and the `Idempotency-Key`), the
+//! windows in which the nemesis had an instance killed or stopped, the faults that sent the
+//! instances to the fallback, and what went wrong outside requests (an instance that never came
+//! back).
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,6 +44,10 @@ pub enum Outcome {
     SoldWithoutTicket,
     /// `409` (sold out).
     SoldOut,
+    /// `409 limit_reached`: the buyer holds `--max-per-buyer` tickets of the event.
+    LimitReached,
+    /// `409 idempotency_key_in_use`: a purchase with the same key is still out.
+    KeyInUse,
     /// `503` (retry later).
     Unavailable,
     /// Any other status.
@@ -91,6 +97,19 @@ pub struct Op {
     pub error: Option<Box<str>>,
     /// Faults or drain.
     pub phase: Phase,
+    /// The `remaining` of a sale's answer.
+    pub remaining: Option<u64>,
+    /// The known buyer and the purchase's `Idempotency-Key`; `None` for an anonymous purchase.
+    pub known: Option<Known>,
+}
+
+/// Who made a purchase as a known buyer, and its `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Known {
+    /// The buyer id (the `x-buyer` header).
+    pub buyer: Arc<str>,
+    /// The key (the unquoted content of the header's string); empty: none sent.
+    pub key: Arc<str>,
 }
 
 /// How the nemesis had an instance out of service.
@@ -129,6 +148,22 @@ impl Window {
         };
         from <= self.to.unwrap_or(Duration::MAX) && op.end >= self.from
     }
+}
+
+/// The span of a schedule's step whose fault sends instances to the fallback: Redis killed or
+/// stopped (an outage of every event), or a Redis Cluster node killed or stopped (an outage of
+/// the events its shard serves). From the fault's first action to its last (for a compound
+/// fault, the instance restarted or continued after the outage: it settles only then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackWindow {
+    /// The shard whose events it sends to the fallback; `None`: every event.
+    pub shard: Option<usize>,
+    /// The fault's label.
+    pub label: String,
+    /// Its first action.
+    pub from: Duration,
+    /// Its last action.
+    pub to: Duration,
 }
 
 /// Windows and problems, written by the nemesis and by the tasks that watch restarts.
@@ -180,6 +215,24 @@ pub struct History {
     /// Failures outside requests: an instance that did not come back, did not stop cleanly,
     /// or never saw every event sold out.
     pub problems: Vec<String>,
+    /// The faults that sent instances to the fallback, and when.
+    pub fallback: Vec<FallbackWindow>,
+    /// The shard serving each event (by [`Op::event`]) on a Redis Cluster; empty on one Redis.
+    pub event_shards: Vec<usize>,
+    /// The rules the known buyers bought under; `None` when every purchase was anonymous.
+    pub buyers: Option<BuyerRules>,
+}
+
+/// What the instances enforced for known buyers, for the checker's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuyerRules {
+    /// `--max-per-buyer`.
+    pub max_per_buyer: u32,
+    /// Instances, each of which may sell a buyer `max_per_buyer` more from its reserves.
+    pub instances: usize,
+    /// A sale answering `remaining` at or below this may have come from a reserve with the
+    /// pool empty (the end of a sale): instances × `--fallback-reserve`.
+    pub end_of_sale: u64,
 }
 
 impl fmt::Display for Outcome {
@@ -188,6 +241,8 @@ impl fmt::Display for Outcome {
             Outcome::Sold(t) => write!(f, "200 {t}"),
             Outcome::SoldWithoutTicket => f.write_str("200 without a ticket"),
             Outcome::SoldOut => f.write_str("409"),
+            Outcome::LimitReached => f.write_str("409 limit_reached"),
+            Outcome::KeyInUse => f.write_str("409 idempotency_key_in_use"),
             Outcome::Unavailable => f.write_str("503"),
             Outcome::Status(s) => write!(f, "{s}"),
             Outcome::NoAnswer(n) => write!(f, "no answer ({n:?})"),
@@ -210,6 +265,8 @@ mod tests {
             outcome: Outcome::NoAnswer(NoAnswer::Connection),
             error: None,
             phase: Phase::Faults,
+            remaining: None,
+            known: None,
         }
     }
 

@@ -25,6 +25,19 @@ impl Answer {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The `error` code of a refusal's body (`sold_out`, `limit_reached`, ...).
+    pub fn error_code(&self) -> Option<String> {
+        self.json()
+            .get("error")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+    }
+
+    /// The `remaining` of a sale's body.
+    pub fn remaining(&self) -> Option<u64> {
+        self.json().get("remaining").and_then(|r| r.as_u64())
+    }
+
     /// The `ticket` of a sale's body.
     pub fn ticket(&self) -> Option<String> {
         self.json()
@@ -91,13 +104,30 @@ impl Conn {
         path: &str,
         bound: Duration,
     ) -> Result<Answer, HttpError> {
+        self.send_with(method, path, &[], bound).await
+    }
+
+    /// [`Self::send`] with extra request headers.
+    ///
+    /// # Errors
+    /// As [`Self::send`]; [`HttpError::Request`] for a header that cannot be sent.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        bound: Duration,
+    ) -> Result<Answer, HttpError> {
         let exchange = async {
             self.sender.ready().await?;
-            let request = Request::builder()
+            let mut request = Request::builder()
                 .method(method)
                 .uri(path)
-                .header("host", "ticketd")
-                .body(Empty::new())?;
+                .header("host", "ticketd");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Empty::new())?;
             let response = self.sender.send_request(request).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();

@@ -1,5 +1,6 @@
 //! Reads one event's final state out of the run's private Redis: the ledger, the pool, every
-//! reserve, and the optional tombstone set and quarantine counts of newer builds.
+//! reserve, the optional tombstone set and quarantine counts of newer builds, and the buyer
+//! index of builds that know buyers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -25,6 +26,20 @@ pub struct EventState {
     pub stale: HashSet<String>,
     /// `event:{ID}:held`: instance -> quarantined tickets (absent in old builds).
     pub held: BTreeMap<String, u64>,
+    /// `event:{ID}:buyers`: the members `<buyer>\n<ticket>` of the buyer index (absent without
+    /// known buyers).
+    pub buyers: Vec<String>,
+}
+
+/// The buyer and the `Idempotency-Key` a ledger record names: a record is
+/// `<purchase> <unix ms>[ fallback]`, followed by `\n<buyer>\n<key>` for a known buyer
+/// (purchase.lua, settle.lua). `None` for an anonymous sale.
+pub fn record_buyer(record: &str) -> Option<(&str, &str)> {
+    let mut parts = record.splitn(3, '\n');
+    let _sale = parts.next()?;
+    let buyer = parts.next()?;
+    let key = parts.next().unwrap_or("");
+    Some((buyer, key))
 }
 
 impl EventState {
@@ -55,6 +70,12 @@ pub async fn read(r: &Client, id: &str, capacity: u64) -> Result<EventState, Har
     }
     let stale: HashSet<String> = r.smembers(key("stale")).await?;
     let held: HashMap<String, String> = r.hgetall(key("held")).await?;
+    let buyers: Vec<String> = r
+        .custom(
+            fred::cmd!("ZRANGE"),
+            vec![key("buyers"), "0".into(), "-1".into()],
+        )
+        .await?;
     let held = held
         .into_iter()
         .map(|(instance, n)| (instance, n.trim().parse().unwrap_or(0)))
@@ -67,5 +88,24 @@ pub async fn read(r: &Client, id: &str, capacity: u64) -> Result<EventState, Har
         reserves,
         stale,
         held,
+        buyers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_names_its_buyer_and_key() {
+        assert_eq!(record_buyer("i.1:7 1700000000000"), None);
+        assert_eq!(
+            record_buyer("i.1:7 1700000000000\nbuyer-3\nk1-4"),
+            Some(("buyer-3", "k1-4"))
+        );
+        assert_eq!(
+            record_buyer("i.1:7 1700000000000 fallback\nbuyer-3\n"),
+            Some(("buyer-3", ""))
+        );
+    }
 }

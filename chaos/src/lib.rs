@@ -12,11 +12,13 @@
 //! - [`cluster`]: Redis and the instances of one run; kill/restart/pause windows; heal; stop.
 //! - [`http`]: the keep-alive HTTP/1.1 client.
 //! - [`history`]: what a run records: requests, kill and stop windows, problems.
-//! - [`generator`]: the buyers, paced during the faults, then selling out.
+//! - [`generator`]: the buyers, paced during the faults, then selling out; some known buyers
+//!   with `Idempotency-Key`s that they retry.
 //! - [`schedule`]: faults at offsets, generated from a seed, printable.
 //! - [`nemesis`]: performs a schedule on a cluster.
 //! - [`ledger`]: reads an event's final state out of Redis.
-//! - [`checker`]: the invariants, judged over the whole history.
+//! - [`checker`]: the invariants, judged over the whole history; [`checker::buyers`] those
+//!   about known buyers (one ticket per key, the buyer in the ledger, the limit).
 //! - [`run`](mod@run): one run of one schedule, and its report.
 //! - [`campaign`]: the `chaos` command: many seeds, one line each, exit codes.
 //! - [`error`]: failures of the harness itself.

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
 use crate::error::HarnessError;
-use crate::history::Clock;
+use crate::history::{Clock, FallbackWindow};
 use crate::http::Conn;
 use crate::schedule::{Fault, Schedule};
 
@@ -127,7 +127,8 @@ pub fn actions(fault: &Fault) -> Vec<(Duration, Action)> {
 
 /// Performs `schedule` on `cluster`; offsets count from `start` on `clock`, plus the time spent
 /// waiting for a Redis Cluster to settle before a node fault. Returns when the last action is
-/// done and every flood has ended.
+/// done and every flood has ended, with the span of every fault that sent instances to the
+/// fallback (for the checker's bounds on known buyers).
 ///
 /// # Errors
 /// Redis or a cluster node did not come back after a restart, or the cluster did not settle.
@@ -136,9 +137,10 @@ pub async fn run(
     schedule: &Schedule,
     clock: Clock,
     start: Duration,
-) -> Result<(), HarnessError> {
+) -> Result<Vec<FallbackWindow>, HarnessError> {
     let mut late = Duration::ZERO;
     let mut floods = Vec::new();
+    let mut fallback = Vec::new();
     // Steps do not overlap (schedule.rs), so performing them one after the other keeps every
     // action at its offset.
     for step in &schedule.steps {
@@ -147,8 +149,10 @@ pub async fn run(
             cluster.settle().await?;
             late = late.max(clock.now().saturating_sub(start + step.at));
         }
+        let mut from = None;
         for (at, action) in actions(&step.fault) {
             tokio::time::sleep_until(clock.at(start + late + step.at + at).into()).await;
+            from.get_or_insert(clock.now());
             match action {
                 Action::KillRedis => cluster.kill_redis(),
                 Action::StartRedis => cluster.restart_redis().await?,
@@ -169,12 +173,20 @@ pub async fn run(
                 } => floods.extend(flood(cluster.addrs(), length, connections)),
             }
         }
+        if let (Some(shard), Some(from)) = (step.fault.fallback_shard(), from) {
+            fallback.push(FallbackWindow {
+                shard,
+                label: step.fault.label(schedule.lease),
+                from,
+                to: clock.now(),
+            });
+        }
     }
     for f in floods {
         // A flood task only loops over bounded requests; a panic there is a harness bug.
         f.await.expect("a flood task does not panic");
     }
-    Ok(())
+    Ok(fallback)
 }
 
 /// `connections` connections spread over `addrs`, each scraping `/metrics` back to back for

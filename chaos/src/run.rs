@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checker::{self, Verdict};
-use crate::cluster::{Cluster, Spec};
+use crate::cluster::{Cluster, Spec, BUYER_HEADER};
 use crate::error::HarnessError;
-use crate::generator::{self, Load};
-use crate::history::{Clock, History, Phase};
+use crate::generator::{self, KnownBuyers, Load};
+use crate::history::{BuyerRules, Clock, History, Phase};
 use crate::nemesis;
 use crate::redis_cluster::{event_slot, SHARDS};
 use crate::schedule::{RedisMode, Schedule};
@@ -20,6 +20,12 @@ use crate::ticketd::Binary;
 
 /// How long the buyers go on after the last fault before healing.
 const TAIL: Duration = Duration::ZERO;
+/// Paced connections that buy as known buyers, by default.
+pub const KNOWN_CONNECTIONS: usize = 8;
+/// Buyer ids they share: few, so that the limit bites (10 × 3 events × 3 tickets).
+pub const KNOWN_BUYERS: usize = 10;
+/// `--max-per-buyer` of the instances when buyers are known.
+pub const MAX_PER_BUYER: u32 = 3;
 
 /// Everything about a run but the schedule.
 #[derive(Debug, Clone)]
@@ -28,6 +34,9 @@ pub struct Options {
     pub spec: Spec,
     /// Buyers while the nemesis works.
     pub load: Load,
+    /// How many of them buy as known buyers with `Idempotency-Key`s (none when the binary has
+    /// no `--buyer-header`, or `spec.max_per_buyer` is `None`).
+    pub known: Option<KnownBuyers>,
     /// Connections that sell the events out at the end.
     pub drain_connections: usize,
     /// Bound on selling out.
@@ -40,9 +49,16 @@ pub struct Options {
 
 impl Options {
     /// The standard run: events `a=1500,b=1500,c=1000`, reserves of 100, a 3 s lease, a
-    /// 250 ms Redis timeout, `buyers` connections buying about 100 tickets a second in all.
+    /// 250 ms Redis timeout, `buyers` connections buying about 100 tickets a second in all. When
+    /// the binary knows buyers, [`KNOWN_CONNECTIONS`] of them (at most an eighth) buy as
+    /// [`KNOWN_BUYERS`] known buyers with keys, under `--max-per-buyer` [`MAX_PER_BUYER`].
     pub fn standard(binary: Binary, instances: usize, buyers: usize) -> Self {
         let buyers = buyers.max(1);
+        let known = (binary.buyers && buyers >= 8).then(|| KnownBuyers {
+            connections: KNOWN_CONNECTIONS.min(buyers / 8),
+            buyers: KNOWN_BUYERS,
+            header: BUYER_HEADER,
+        });
         Self {
             spec: Spec {
                 binary,
@@ -54,11 +70,13 @@ impl Options {
                 lease: Duration::from_secs(3),
                 redis_timeout: Duration::from_millis(250),
                 redis: RedisMode::Single,
+                max_per_buyer: known.as_ref().map(|_| MAX_PER_BUYER),
             },
             load: Load {
                 connections: buyers,
                 pause: Duration::from_secs_f64(buyers as f64 / 100.0),
             },
+            known,
             drain_connections: buyers,
             drain_bound: Duration::from_secs(60),
             keep_failed: false,
@@ -82,6 +100,23 @@ impl Options {
             RedisMode::Single => Self::standard(binary, instances, buyers),
             RedisMode::Cluster => Self::cluster(binary, instances, buyers),
         }
+    }
+
+    /// Without known buyers: every purchase anonymous, ticketd without buyer flags.
+    pub fn anonymous(mut self) -> Self {
+        self.known = None;
+        self.spec.max_per_buyer = None;
+        self
+    }
+
+    /// Known buyer connections: `connections` of the paced ones (0: none).
+    pub fn with_known_connections(mut self, connections: usize) -> Self {
+        match (&mut self.known, connections) {
+            (_, 0) => return self.anonymous(),
+            (Some(k), n) => k.connections = n.min(self.load.connections),
+            (None, _) => {}
+        }
+        self
     }
 
     /// The schedule of `seed` for these options.
@@ -158,11 +193,12 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
         cluster.addrs(),
         events.clone(),
         options.load,
+        options.known.clone(),
         clock,
         stop.clone(),
     ));
 
-    nemesis::run(&mut cluster, schedule, clock, clock.now()).await?;
+    let fallback = nemesis::run(&mut cluster, schedule, clock, clock.now()).await?;
     tokio::time::sleep(TAIL).await;
     cluster.heal().await?;
     stop.store(true, Ordering::Relaxed);
@@ -177,6 +213,7 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
         cluster.addrs(),
         events.clone(),
         options.drain_connections,
+        options.known.as_ref().map(|k| k.header),
         clock,
         options.drain_bound,
     )
@@ -214,6 +251,13 @@ pub async fn run(options: &Options, schedule: &Schedule) -> Result<Report, Harne
         ops,
         windows,
         problems,
+        fallback,
+        event_shards: cluster.event_shards.clone(),
+        buyers: options.spec.max_per_buyer.map(|n| BuyerRules {
+            max_per_buyer: n,
+            instances: options.spec.instances,
+            end_of_sale: options.spec.instances as u64 * options.spec.reserve,
+        }),
     };
     let verdict = checker::check(&history, &states);
     let kept = if options.keep_all || (!verdict.passed() && options.keep_failed) {
@@ -239,6 +283,17 @@ fn dump(history: &History, notes: &[(Duration, String)]) -> String {
     for (at, what) in notes {
         let _ = writeln!(out, "nemesis {:.3} {what}", at.as_secs_f64());
     }
+    for f in &history.fallback {
+        let _ = writeln!(
+            out,
+            "fallback {} {} {:.3}..{:.3}",
+            f.label,
+            f.shard
+                .map_or("every shard".to_owned(), |s| format!("shard {s}")),
+            f.from.as_secs_f64(),
+            f.to.as_secs_f64()
+        );
+    }
     for w in &history.windows {
         let _ = writeln!(
             out,
@@ -256,10 +311,13 @@ fn dump(history: &History, notes: &[(Duration, String)]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:.3} {:.3} {phase} buyer {} instance {} {} conn@{:.3} {}{}",
+            "{:.3} {:.3} {phase} buyer {}{} instance {} {} conn@{:.3} {}{}",
             op.start.as_secs_f64(),
             op.end.as_secs_f64(),
             op.buyer,
+            op.known
+                .as_ref()
+                .map_or(String::new(), |k| format!(" as {} key {}", k.buyer, k.key)),
             op.instance,
             history.events.get(op.event).map_or("?", String::as_str),
             op.connected.as_secs_f64(),
@@ -291,8 +349,17 @@ impl Report {
             0 => String::new(),
             n => format!("  left {n}"),
         };
+        let known = v.buyers.as_ref().map_or(String::new(), |b| {
+            format!(
+                "  keys {} (200s {}), 2 tickets {}, over N {}",
+                b.keys,
+                b.sold,
+                b.keys_twice.len(),
+                b.over_limit.len()
+            )
+        });
         format!(
-            "seed {:<6} faults {} [{}]  sales {} ({} during faults)  nobody {}  held {}{left}  {:.1}s  {verdict}",
+            "seed {:<6} faults {} [{}]  sales {} ({} during faults)  nobody {}  held {}{left}{known}  {:.1}s  {verdict}",
             self.schedule.seed,
             self.schedule.steps.len(),
             self.schedule.labels().join(" "),
@@ -312,9 +379,23 @@ impl fmt::Display for Report {
         let t = &self.verdict.tally;
         writeln!(
             f,
-            "requests {}: 200 {}, 409 {}, 503 {}, other {}, no answer {} excused + {} not",
-            t.requests, t.sold, t.sold_out, t.unavailable, t.other, t.excused, t.unanswered
+            "requests {}: 200 {}, 409 {} (+ limit {}, key in use {}), 503 {}, other {}, no answer {} excused + {} not",
+            t.requests,
+            t.sold,
+            t.sold_out,
+            t.limited,
+            t.key_in_use,
+            t.unavailable,
+            t.other,
+            t.excused,
+            t.unanswered
         )?;
+        if let Some(b) = &self.verdict.buyers {
+            writeln!(f, "{b}")?;
+            for line in b.keys_twice.iter().chain(&b.over_limit) {
+                writeln!(f, "  allowed: {line}")?;
+            }
+        }
         for e in &self.verdict.events {
             writeln!(
                 f,

@@ -203,6 +203,25 @@ impl Fault {
         }
     }
 
+    /// Whether it sends instances to the fallback, and which: `Some(None)` for Redis killed or
+    /// stopped (every event), `Some(Some(shard))` for a node of that shard killed or stopped
+    /// (a replica too: its primary can no longer get a sale acknowledged), `None` for a fault
+    /// of instances only.
+    pub fn fallback_shard(&self) -> Option<Option<usize>> {
+        match *self {
+            Fault::RedisKill { .. }
+            | Fault::RedisPause { .. }
+            | Fault::OutageThenPause { .. }
+            | Fault::KillDuringOutage { .. } => Some(None),
+            Fault::PrimaryKill { shard, .. }
+            | Fault::ReplicaKill { shard, .. }
+            | Fault::PrimaryPause { shard, .. } => Some(Some(shard)),
+            Fault::InstanceKill { .. }
+            | Fault::InstancePause { .. }
+            | Fault::ScrapeFlood { .. } => None,
+        }
+    }
+
     /// Whether it kills or stops a Redis Cluster node (the nemesis waits for the cluster to
     /// settle before one).
     pub fn hits_a_node(&self) -> bool {

@@ -23,6 +23,8 @@ pub struct Binary {
     pub path: PathBuf,
     /// Whether it knows `--journal-dir` (found in `--help`).
     pub journal_dir: bool,
+    /// Whether it knows known buyers (`--buyer-header` and `--max-per-buyer` in `--help`).
+    pub buyers: bool,
 }
 
 impl Binary {
@@ -51,9 +53,11 @@ impl Binary {
                 source: std::io::Error::other(format!("--help exited with {}", output.status)),
             });
         }
+        let help = String::from_utf8_lossy(&output.stdout);
         Ok(Self {
             path: path.to_owned(),
-            journal_dir: String::from_utf8_lossy(&output.stdout).contains("--journal-dir"),
+            journal_dir: help.contains("--journal-dir"),
+            buyers: help.contains("--buyer-header") && help.contains("--max-per-buyer"),
         })
     }
 }
@@ -64,6 +68,7 @@ impl Binary {
         Self {
             path: path.to_owned(),
             journal_dir: false,
+            buyers: false,
         }
     }
 }
