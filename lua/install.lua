@@ -5,7 +5,7 @@
 -- KEYS[5] event:{id}:meta          HASH capacity -> N
 -- KEYS[6] event:{id}:leases, KEYS[7] event:{id}:reserved, KEYS[8] event:{id}:held,
 -- KEYS[9] event:{id}:stale, KEYS[10] event:{id}:buyers, KEYS[11] event:{id}:keys,
--- KEYS[12] event:{id}:keys:ttl
+-- KEYS[12] event:{id}:keys:ttl, KEYS[13] event:{id}:fallback_buyers
 -- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger, ARGV[3] id
 --
 -- A reset also drops every instance's fallback reserve of the event, live or held back (the
@@ -27,7 +27,7 @@ for _, instance in ipairs(redis.call('HKEYS', KEYS[8])) do
   redis.call('DEL', 'event:{' .. ARGV[3] .. '}:reserve:' .. instance)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11], KEYS[12])
+  KEYS[11], KEYS[12], KEYS[13])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])

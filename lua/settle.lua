@@ -3,7 +3,9 @@
 --
 -- KEYS[1] event:{id}:reserve:<instance>, KEYS[2] event:{id}:reserved, KEYS[3] event:{id}:sold,
 -- KEYS[4] event:{id}:held, KEYS[5] event:{id}:stale, KEYS[6] event:{id}:buyers,
--- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (see purchase.lua)
+-- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (see purchase.lua),
+-- KEYS[9] event:{id}:fallback_buyers (HASH "<instance>\n<buyer>" -> tickets that instance's
+-- reserves sold the buyer, over all its runs: a restarted instance starts its count from it)
 -- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
 -- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
 -- ("" none), the remaining count its buyer was told
@@ -56,6 +58,7 @@ for i = 4, #ARGV, 6 do
     end
     if buyer ~= '' then
       redis.call('ZADD', KEYS[6], 0, buyer .. '\n' .. ticket)
+      redis.call('HINCRBY', KEYS[9], ARGV[1] .. '\n' .. buyer, 1)
     end
     if buyer ~= '' or key ~= '' then
       if key ~= '' then

@@ -93,6 +93,10 @@ pub struct EventKeys {
     pub idempotency: Key,
     /// `event:{id}:keys:ttl`: ZSET `<buyer>\n<Idempotency-Key>` -> expiry (unix ms).
     pub idempotency_ttl: Key,
+    /// `event:{id}:fallback_buyers`: HASH `<instance>\n<buyer>` -> tickets that instance's
+    /// reserves sold the buyer (written by `settle.lua`), so that a restarted instance holds a
+    /// buyer to the limit from what all its runs sold, not only this one.
+    pub fallback_buyers: Key,
     /// `event:{id}:fence`: a counter written right before a `WAIT`, so that the WAIT covers
     /// every earlier write of the node (only with `--redis-replica-acks` above 0).
     pub fence: Key,
@@ -114,6 +118,7 @@ impl EventKeys {
             buyers: Key::from(format!("event:{{{id}}}:buyers")),
             idempotency: Key::from(format!("event:{{{id}}}:keys")),
             idempotency_ttl: Key::from(format!("event:{{{id}}}:keys:ttl")),
+            fallback_buyers: Key::from(format!("event:{{{id}}}:fallback_buyers")),
         }
     }
 

@@ -121,6 +121,7 @@ pub async fn seed_event(
         event.keys.buyers.clone(),
         event.keys.idempotency.clone(),
         event.keys.idempotency_ttl.clone(),
+        event.keys.fallback_buyers.clone(),
     ];
     let args = vec![
         Value::Integer(capacity as i64),

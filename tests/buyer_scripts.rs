@@ -266,6 +266,7 @@ async fn settle_one(r: &Client, ticket: &str) -> Vec<Value> {
         "buyers",
         "keys",
         "keys:ttl",
+        "fallback_buyers",
     ]
     .iter()
     .map(|k| format!("event:{{v}}:{k}"))

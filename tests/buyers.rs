@@ -370,6 +370,80 @@ async fn a_key_sold_during_an_outage_answers_the_same_ticket_after_it() {
     );
 }
 
+/// Kills Redis and buys as `bearer` on `t` until an answer other than 503 comes (the breaker
+/// opens on the first failed round); returns it.
+async fn buy_in_outage(t: &TicketdProcess, bearer: &str) -> Answer {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = buy(t, "1", Some(bearer), None).await;
+        if r.status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_remembers_what_its_reserves_sold_each_buyer() {
+    // The limit while Redis is down is per instance, not per process: a restart between two
+    // outages must not give the buyer the limit again from the same instance's reserves.
+    let mut redis = RedisServer::start();
+    let mut a = start(&redis, "1=200", &["--max-per-buyer", "2"]).await;
+    let reserved = |r: &Answer| r.json()["fallback"]["reserved"]["1"].as_u64() == Some(20);
+    a.wait_until(reserved, "/metrics?format=json").await;
+    let bearer = token("alice");
+    redis.kill();
+    for n in 1..=2 {
+        let r = buy_in_outage(&a, &bearer).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "sale {n} from the reserve: {}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        buy(&a, "1", Some(&bearer), None).await.status,
+        StatusCode::CONFLICT
+    );
+    redis.start_again();
+    a.wait_until(
+        |r| r.json()["fallback"]["active"] == false && reserved(r),
+        "/metrics?format=json",
+    )
+    .await;
+    assert_eq!(
+        sold_in_redis(&redis, "1").await,
+        2,
+        "the outage's sales settled"
+    );
+    // A crash and a restart on the same journal directory: the same instance, a new run.
+    a.restart().await;
+    a.wait_ready().await;
+    a.wait_until(reserved, "/metrics?format=json").await;
+    redis.kill();
+    let r = buy_in_outage(&a, &bearer).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            StatusCode::CONFLICT,
+            json!({"error": "limit_reached", "event": "1"})
+        ),
+        "this instance already sold alice the limit from its reserves"
+    );
+    // Another buyer still buys from the reserve.
+    let bob = buy_in_outage(&a, &token("bob")).await;
+    assert_eq!(bob.status, StatusCode::OK, "{}", bob.text());
+    redis.start_again();
+    a.wait_until(
+        |r| r.json()["fallback"]["active"] == false,
+        "/metrics?format=json",
+    )
+    .await;
+    let list = tickets(&a, &bearer, "1").await.json();
+    assert_eq!(list["tickets"].as_array().unwrap().len(), 2, "{list}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_without_a_buyer_is_refused() {
     // Without authentication a key would be shared by every client, who could then be answered

@@ -459,6 +459,28 @@ impl RedisStore {
             .collect())
     }
 
+    /// What this instance's reserves sold each buyer of `event`, over all its runs (the
+    /// instance's fields of `event:{id}:fallback_buyers`, written by `settle.lua`).
+    ///
+    /// # Errors
+    /// A Redis error, not connected, or the timeout.
+    pub async fn fallback_buyers(&self, event: &Event) -> Result<Vec<(Box<str>, u32)>, StoreError> {
+        let client = self.pool.client();
+        if !client.is_connected() {
+            return Err(StoreError::NotConnected);
+        }
+        let read = client.hgetall::<Vec<(String, u32)>, _>(event.keys.fallback_buyers.clone());
+        let fields = match timeout(self.timeout.max(Duration::from_millis(500)), read).await {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        };
+        let prefix = format!("{}\n", self.instance());
+        Ok(fields
+            .into_iter()
+            .filter_map(|(field, n)| Some((field.strip_prefix(&prefix)?.into(), n)))
+            .collect())
+    }
+
     /// Unsold tickets (pool + every live reserve) of each of `events`, in one pipelined round
     /// trip. Also reads how many tickets each event holds back in expired reserves, into its
     /// metrics ([`crate::metrics::EventMetrics::held_back`]).

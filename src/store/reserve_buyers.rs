@@ -3,7 +3,8 @@
 //! `Idempotency-Key` from memory, and who each sale went to until it is settled.
 //!
 //! The bound this gives (design.md, Buyers): while Redis is down, one instance sells one buyer
-//! at most the limit from its reserves, so a buyer may end with up to the limit plus the limit
+//! at most the limit from its reserves, over all its runs (a restarted instance starts from
+//! what Redis recorded of its earlier runs' sales), so a buyer may end with up to the limit plus the limit
 //! per instance; settlement counts and logs every buyer over it. A key is answered again only
 //! by the instance that sold it, until settlement records it in Redis.
 
@@ -16,8 +17,11 @@ use crate::store::Sale;
 /// One event's known-buyer sales from this instance's reserves.
 #[derive(Debug, Default)]
 pub struct ReserveBuyers {
-    /// Tickets sold from reserves to each buyer, this run.
+    /// Tickets sold from reserves to each buyer: by earlier runs of this instance (read from
+    /// Redis before this run's first reserve, [`ReserveBuyers::seed`]) and by this run.
     counts: HashMap<Box<str>, u32>,
+    /// Whether the earlier runs' counts were read.
+    seeded: bool,
     /// Answers given per (buyer, key): ticket and remaining.
     keys: HashMap<BuyerKey, (u64, u64)>,
     /// Who each sale went to, by purchase number, until settled.
@@ -34,6 +38,23 @@ pub enum Before {
 }
 
 impl ReserveBuyers {
+    /// Whether the earlier runs' counts are in ([`ReserveBuyers::seed`]).
+    pub fn seeded(&self) -> bool {
+        self.seeded
+    }
+
+    /// Adds what earlier runs of this instance sold each buyer from its reserves
+    /// (`event:{id}:fallback_buyers`, written by the settlement), so that the limit holds per
+    /// instance and not per process: without it, a restart between two outages would let the
+    /// same instance sell a buyer the limit again. Called once, before the run's first reserve
+    /// of the event is for sale.
+    pub fn seed(&mut self, counts: impl IntoIterator<Item = (Box<str>, u32)>) {
+        for (buyer, n) in counts {
+            *self.counts.entry(buyer).or_default() += n;
+        }
+        self.seeded = true;
+    }
+
     /// Whether `who` may buy one more ticket (`limit` 0: no limit); counts it as bought when
     /// so. Undo with [`ReserveBuyers::unbuy`] if no ticket is taken after all.
     pub fn before(&mut self, who: &Purchaser, limit: u32) -> Before {
@@ -127,5 +148,19 @@ mod tests {
         assert_eq!(b.attribution(7).unwrap().key.as_ref(), "k1");
         b.settled([7]);
         assert!(b.attribution(7).is_none());
+    }
+
+    #[test]
+    fn earlier_runs_count_toward_the_limit() {
+        let mut b = ReserveBuyers::default();
+        assert!(!b.seeded());
+        b.seed([("alice".into(), 2), ("bob".into(), 1)]);
+        assert!(b.seeded());
+        let alice = Purchaser::new("alice", None);
+        assert_eq!(b.before(&alice, 2), Before::Answer(Sale::LimitReached));
+        let bob = Purchaser::new("bob", None);
+        assert_eq!(b.before(&bob, 2), Before::Sell);
+        assert_eq!(b.before(&bob, 2), Before::Answer(Sale::LimitReached));
+        assert_eq!(b.before(&Purchaser::new("carol", None), 2), Before::Sell);
     }
 }

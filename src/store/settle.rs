@@ -133,6 +133,7 @@ fn keys(event: &EventKeys, reserve: Key) -> Vec<Key> {
         event.buyers.clone(),
         event.idempotency.clone(),
         event.idempotency_ttl.clone(),
+        event.fallback_buyers.clone(),
     ]
 }
 

@@ -200,6 +200,13 @@ async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(
         // holds them, so it is not claimed, rotated or handed back until they are.
         return Ok(());
     }
+    if s.redis.policy().limit() > 0 && !er.buyers.lock().seeded() {
+        // Before this run's first reserve of the event is for sale: what earlier runs of this
+        // instance sold each buyer from their reserves counts toward the limit (its recovered
+        // sales were settled above, so Redis holds them all).
+        let counts = s.redis.fallback_buyers(event).await?;
+        er.buyers.lock().seed(counts);
+    }
     let current = er.current.read().clone();
     let believed = current.held_in_redis() + er.unsettled.lock().len() as u64;
     let sent = s.now_ms();
