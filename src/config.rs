@@ -132,7 +132,7 @@ pub struct ServeArgs {
     /// Tickets per event this instance claims from the pool while Redis is healthy, to sell
     /// from memory when Redis fails (0: no fallback sales, 503 while Redis is down). Reserved
     /// tickets are invisible to other instances until handed back.
-    #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::fallback::MAX_RESERVE))]
+    #[arg(long, env = "TICKETD_FALLBACK_RESERVE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=crate::store::reserve::MAX_RESERVE))]
     pub fallback_reserve: u64,
     /// Lease on a reserve: an instance cut off from Redis stops selling from its reserve before
     /// it runs out; another instance that watched it expire holds the reserve back (never

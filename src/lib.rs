@@ -13,8 +13,11 @@
 //! - [`idempotency_key`]: the `Idempotency-Key` header (an RFC 8941 String), parsed.
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
-//! - [`store`]: the `Store` trait; [`store::redis`], [`store::batch`] (purchases grouped into
-//!   one script call), [`store::cancel`] (purchases sold to nobody, given back),
+//! - [`store`]: the `Store` trait; [`store::redis`], [`store::pool`] (the fred pool and the
+//!   wait for replicas), [`store::batch`] (purchases grouped into one script call),
+//!   [`store::cancel`] (purchases sold to nobody, given back), [`store::cluster`] and
+//!   [`store::topology`] (one store per Redis Cluster shard), [`store::purchaser`] and
+//!   [`store::reserve_buyers`] (known buyers, in Redis and from reserves),
 //!   [`store::ids`], [`store::resilient`] (Redis plus the fallback) with its state
 //!   [`store::fallback`], [`store::supervisor`], [`store::settle`], [`store::lease_watch`],
 //!   [`store::reserve`] and [`store::journal`] (crash-safe fallback sales),

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod journal;
 pub mod lease_watch;
 pub mod memory;
+pub mod pool;
 pub mod purchaser;
 pub mod redis;
 pub mod reserve;

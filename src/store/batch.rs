@@ -35,8 +35,8 @@ use crate::metrics::Metrics;
 use crate::otel::spans;
 use crate::store::cancel::Cancels;
 use crate::store::ids::Ids;
+use crate::store::pool::PoolCell;
 use crate::store::purchaser::{BuyerPolicy, Purchaser};
-use crate::store::redis::PoolCell;
 use crate::store::scripts::{LuaScript, PURCHASE};
 use crate::store::{Sale, StoreError};
 
@@ -244,8 +244,7 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     if cx.replica_acks > 0 && replies.is_ok() {
         let left = cx.timeout.saturating_sub(started.elapsed());
         let fence = &orders[batches[0].0.start].event.keys.fence;
-        if let Err(e) = crate::store::redis::replicated(client, fence, cx.replica_acks, left).await
-        {
+        if let Err(e) = crate::store::pool::replicated(client, fence, cx.replica_acks, left).await {
             unreplicated = Some(e);
         }
     }

@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::store::journal::{Journal, Record};
-use crate::store::redis::PoolCell;
+use crate::store::pool::PoolCell;
 use crate::store::scripts::{LuaScript, CANCEL};
 use crate::store::StoreError;
 
@@ -236,7 +236,7 @@ async fn work(
         // A cancellation counts once the replicas hold it: one a failover forgot would leave
         // its tickets sold to nobody on the new primary. Cancelling again is harmless.
         let held = !results.iter().any(|r| matches!(r, Ok(Ok(_))))
-            || crate::store::redis::replicated(
+            || crate::store::pool::replicated(
                 client,
                 &batch[0].event.keys.fence,
                 replica_acks,

@@ -24,9 +24,6 @@ use crate::store::topology::Scope;
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
-/// Largest accepted `--fallback-reserve` (a Lua script moves a whole reserve in one call).
-pub const MAX_RESERVE: u64 = 5000;
-
 /// Settings of the fallback.
 #[derive(Debug, Clone, Copy)]
 pub struct FallbackOptions {

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use crate::store::cursor::Cursor;
 
+/// Largest accepted `--fallback-reserve` (a Lua script moves a whole reserve in one call).
+pub const MAX_RESERVE: u64 = 5000;
+
 /// A sale made from a reserve, waiting to be written into the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FallbackSale {
