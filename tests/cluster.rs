@@ -216,12 +216,16 @@ async fn primary_killed_after_answering(extra: &[&str]) {
     for p in probes {
         let (bad, bought) = p.await.unwrap();
         probed.extend(bought);
-        assert!(
-            bad.is_empty(),
-            "events on the healthy primaries answered 503 during the failover: {bad:?}\n{}{}",
-            a.log_text(),
-            b.log_text()
-        );
+        if !bad.is_empty() {
+            // Every 503 has one code: the metrics tell a shed purchase (queue timeout), a shard
+            // on its fallback and a Redis error apart.
+            let (ma, mb) = (a.metrics_json().await, b.metrics_json().await);
+            panic!(
+                "events on the healthy primaries answered 503 during the failover: {bad:?}\nmetrics a: {ma}\nmetrics b: {mb}\n{}{}",
+                a.log_text(),
+                b.log_text()
+            );
+        }
     }
 
     let tally = tokio::time::timeout(Duration::from_secs(180), load)
