@@ -288,6 +288,19 @@ async fn a_repeat_while_the_first_is_in_flight_is_told_so() {
     assert_eq!(sold_in_redis(&redis, "1").await, 1);
 }
 
+/// Buys as `bearer` (with `key`, if any) on `t` right after Redis went away, until the answer is
+/// no longer `503` (bounded: the breaker opens on the first failed round); returns it.
+async fn buy_in_outage(t: &TicketdProcess, bearer: &str, key: Option<&str>) -> Answer {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = buy(t, "1", Some(bearer), key).await;
+        if r.status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_sold_during_an_outage_answers_the_same_ticket_after_it() {
     let mut redis = RedisServer::start();
@@ -302,15 +315,7 @@ async fn a_key_sold_during_an_outage_answers_the_same_ticket_after_it() {
     }
     let bearer = token("alice");
     redis.kill();
-    // Bounded: the breaker opens on the first failed round.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        let r = buy(&a, "1", Some(&bearer), Some("outage-1")).await;
-        if r.status == StatusCode::OK || tokio::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first = buy_in_outage(&a, &bearer, Some("outage-1")).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     // During the outage, the instance that sold it answers the key again...
     let again = buy(&a, "1", Some(&bearer), Some("outage-1")).await;
@@ -370,19 +375,6 @@ async fn a_key_sold_during_an_outage_answers_the_same_ticket_after_it() {
     );
 }
 
-/// Kills Redis and buys as `bearer` on `t` until an answer other than 503 comes (the breaker
-/// opens on the first failed round); returns it.
-async fn buy_in_outage(t: &TicketdProcess, bearer: &str) -> Answer {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = buy(t, "1", Some(bearer), None).await;
-        if r.status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() > deadline {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_instance_remembers_what_its_reserves_sold_each_buyer() {
     // The limit while Redis is down is per instance, not per process: a restart between two
@@ -394,7 +386,7 @@ async fn a_restarted_instance_remembers_what_its_reserves_sold_each_buyer() {
     let bearer = token("alice");
     redis.kill();
     for n in 1..=2 {
-        let r = buy_in_outage(&a, &bearer).await;
+        let r = buy_in_outage(&a, &bearer, None).await;
         assert_eq!(
             r.status,
             StatusCode::OK,
@@ -422,7 +414,7 @@ async fn a_restarted_instance_remembers_what_its_reserves_sold_each_buyer() {
     a.wait_ready().await;
     a.wait_until(reserved, "/metrics?format=json").await;
     redis.kill();
-    let r = buy_in_outage(&a, &bearer).await;
+    let r = buy_in_outage(&a, &bearer, None).await;
     assert_eq!(
         (r.status, r.json()),
         (
@@ -432,7 +424,7 @@ async fn a_restarted_instance_remembers_what_its_reserves_sold_each_buyer() {
         "this instance already sold alice the limit from its reserves"
     );
     // Another buyer still buys from the reserve.
-    let bob = buy_in_outage(&a, &token("bob")).await;
+    let bob = buy_in_outage(&a, &token("bob"), None).await;
     assert_eq!(bob.status, StatusCode::OK, "{}", bob.text());
     redis.start_again();
     a.wait_until(

@@ -393,10 +393,12 @@ impl RedisStore {
         if !client.is_connected() {
             return Err(StoreError::NotConnected);
         }
+        // Background work, bounded as the supervisor's other calls are.
+        let bound = self.timeout.max(Duration::from_millis(500));
         let read = client.hgetall::<Vec<(String, u32)>, _>(event.keys.fallback_buyers.clone());
-        let fields = match timeout(self.timeout.max(Duration::from_millis(500)), read).await {
+        let fields = match timeout(bound, read).await {
             Ok(r) => r?,
-            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+            Err(_) => return Err(StoreError::Timeout(bound)),
         };
         let prefix = format!("{}\n", self.instance());
         Ok(fields

@@ -4,9 +4,9 @@
 //!
 //! The bound this gives (design.md, Buyers): while Redis is down, one instance sells one buyer
 //! at most the limit from its reserves, over all its runs (a restarted instance starts from
-//! what Redis recorded of its earlier runs' sales), so a buyer may end with up to the limit plus the limit
-//! per instance; settlement counts and logs every buyer over it. A key is answered again only
-//! by the instance that sold it, until settlement records it in Redis.
+//! what Redis recorded of its earlier runs' sales), so a buyer may end with up to the limit
+//! plus the limit per instance; settlement counts and logs every buyer over it. A key is
+//! answered again only by the instance that sold it, until settlement records it in Redis.
 
 use std::collections::HashMap;
 use std::sync::Arc;
