@@ -77,6 +77,11 @@ pub mod names {
         "counter",
         "Times the instance switched from Redis to its in-memory fallback.",
     );
+    pub const OUTAGES_UNCONFIRMED: Family = (
+        "ticketd_redis_outages_unconfirmed_total",
+        "counter",
+        "Redis calls that failed like an outage (a timeout, a cancelled call) while a probe right after found Redis answering: the breaker stayed closed and the purchase was tried in Redis again.",
+    );
     pub const FALLBACK_MODE: Family = (
         "ticketd_fallback_mode",
         "gauge",
@@ -438,6 +443,7 @@ pub struct Metrics {
     connections_open: CachePadded<AtomicU64>,
     connections: AtomicU64,
     fallback_activations: AtomicU64,
+    outages_unconfirmed: AtomicU64,
     fallback_mode: AtomicU64,
     /// Per cluster shard (label): whether it is in fallback mode.
     shard_modes: parking_lot::Mutex<Vec<(Box<str>, bool)>>,
@@ -478,6 +484,7 @@ impl Metrics {
             connections_open: Default::default(),
             connections: AtomicU64::new(0),
             fallback_activations: AtomicU64::new(0),
+            outages_unconfirmed: AtomicU64::new(0),
             fallback_mode: AtomicU64::new(0),
             shard_modes: Default::default(),
             redis_errors: Default::default(),
@@ -569,6 +576,16 @@ impl Metrics {
         self.fallback_activations.fetch_add(1, Relaxed);
         self.fallback_mode.fetch_add(1, Relaxed);
         self.set_shard_mode(shard, true);
+    }
+
+    /// Counts an outage-class Redis error that a probe found Redis answering after.
+    pub fn outage_unconfirmed(&self) {
+        self.outages_unconfirmed.fetch_add(1, Relaxed);
+    }
+
+    /// Outage-class Redis errors that a probe found Redis answering after.
+    pub fn outages_unconfirmed(&self) -> u64 {
+        self.outages_unconfirmed.load(Relaxed)
     }
 
     /// Counts a store (shard) leaving fallback mode.

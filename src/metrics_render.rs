@@ -209,6 +209,13 @@ pub fn render_text(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     sample(out, names::FALLBACK_ACTIVATIONS.0, &[], activations);
     header(out, names::FALLBACK_MODE);
     sample(out, names::FALLBACK_MODE.0, &[], active);
+    header(out, names::OUTAGES_UNCONFIRMED);
+    sample(
+        out,
+        names::OUTAGES_UNCONFIRMED.0,
+        &[],
+        m.outages_unconfirmed(),
+    );
     let shards = m.shard_modes();
     if !shards.is_empty() {
         header(out, names::SHARD_FALLBACK_MODE);
@@ -406,6 +413,8 @@ pub fn render_json(out: &mut Vec<u8>, m: &Metrics, s: &Snapshot<'_>) {
     num(out, m.cancelled());
     out.extend_from_slice(br#","shed":"#);
     num(out, m.shed());
+    out.extend_from_slice(br#","outages_unconfirmed":"#);
+    num(out, m.outages_unconfirmed());
     out.extend_from_slice(br#","errors":{"#);
     for (i, k) in RedisErrorKind::ALL.iter().enumerate() {
         if i > 0 {

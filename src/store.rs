@@ -209,4 +209,21 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether this outage-class error needs a probe to confirm it before the breaker opens
+    /// ([`crate::store::fallback::Shared::confirm_outage`]): all of them but Redis refusing
+    /// outright (loading, busy, a cluster without quorum, a primary demoted to a replica). A
+    /// timeout, too few replica acknowledgements in time, a cancelled or failed call, even a
+    /// connection found down can come from this process alone, with Redis answering: its
+    /// threads too busy to read a reply in time, a connection being re-established, a purchase
+    /// answered "not connected" because the round before it timed out. The probe costs nothing
+    /// when the connection is really down (it looks at that first).
+    pub fn needs_confirming(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => !["LOADING", "BUSY", "CLUSTERDOWN", "READONLY"]
+                .iter()
+                .any(|p| e.details().starts_with(p)),
+            _ => true,
+        }
+    }
 }

@@ -542,6 +542,82 @@ async fn slow_redis_falls_back_within_the_timeout() {
     t.stop();
 }
 
+/// A purchase that times out while Redis is healthy again a moment later (paused shorter than
+/// the probe that follows the timeout) does not open the breaker: the probe finds Redis
+/// answering, and the purchase is sold in Redis on its second try. The fallback would be safe
+/// for tickets, but would loosen limits and keys to one instance for nothing. The pause ends
+/// as soon as the timeout is counted, well within the probe's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
+    let redis = RedisServer::start();
+    let mut t = TicketdProcess::on_redis(
+        &redis,
+        "h=1000",
+        &[
+            "--fallback-reserve",
+            "50",
+            "--reserve-lease",
+            "5s",
+            "--redis-timeout",
+            "500ms",
+        ],
+    )
+    .await;
+    t.wait_ready().await;
+    t.wait_until(
+        |a| a.json()["fallback"]["reserved"]["h"] == 50,
+        "/metrics?format=json",
+    )
+    .await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let first = c.buy("h").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    let mut received = HashSet::from([first.json()["ticket"].as_str().unwrap().to_owned()]);
+
+    redis.signal("STOP");
+    let addr = t.addr;
+    let stalled = tokio::spawn(async move {
+        let mut c = Conn::open(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.buy("h"))
+            .await
+            .expect("no request hangs")
+            .unwrap()
+    });
+    t.wait_until(
+        |a| a.json()["redis"]["errors"]["timeout"].as_u64() >= Some(1),
+        "/metrics?format=json",
+    )
+    .await;
+    redis.signal("CONT");
+    let a = stalled.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "sold on the second try: {a:?}");
+    assert!(received.insert(a.json()["ticket"].as_str().unwrap().to_owned()));
+
+    let m = t.metrics_json().await;
+    assert_eq!(
+        m["fallback"]["activations"], 0,
+        "the breaker stayed closed: {m}"
+    );
+    assert!(m["redis"]["outages_unconfirmed"].as_u64() >= Some(1), "{m}");
+    assert_eq!(m["paths"]["fallback"]["sold"], 0, "{m}");
+    let r = redis.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ledger::check(&r, "h", 1000, &received).await;
+        if s.sold.len() == received.len() {
+            break; // the timed-out call was made void
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger {} != received {}",
+            s.sold.len(),
+            received.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop();
+}
+
 /// An instance stopped for longer than its lease, while the other one sells the event out: the
 /// stopped instance's reserve, with the tickets it sold before, is held back, never resold, and
 /// comes back to it when it resumes; then the last tickets sell, each once.

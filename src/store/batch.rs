@@ -149,7 +149,9 @@ async fn run(
         let outage = round(&client, &mut orders, &cx).await;
         if outage {
             // Redis just failed: what queued meanwhile was never sent, so nothing of it can have
-            // sold. It goes to the fallback now instead of waiting out another timeout.
+            // sold. It is answered now instead of waiting out another timeout, and waits with the
+            // round's purchases for the probe that opens the breaker or sends them to Redis
+            // again (`Shared::confirm_outage`).
             while let Ok(order) = rx.try_recv() {
                 let _ = order.reply.send(Err(StoreError::NotConnected));
             }

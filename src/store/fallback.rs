@@ -117,6 +117,11 @@ pub struct Shared {
     down_at_ms: AtomicU64,
     /// Rate-limits the log line of a purchase that failed in Redis.
     pub error_log: Throttle,
+    /// One probe at a time confirms an outage ([`Shared::confirm_outage`]).
+    probe: tokio::sync::Mutex<()>,
+    /// When the last probe that found Redis answering began, ms after `started`, plus one (0:
+    /// none yet).
+    answered_at_ms: AtomicU64,
     /// The events this store serves (all, or one cluster shard's).
     pub scope: Scope,
     /// The shard's label in logs and metrics (`0-5460`); empty for a single Redis.
@@ -159,6 +164,8 @@ impl Shared {
             started: Instant::now(),
             down_at_ms: AtomicU64::new(0),
             error_log: Throttle::new(Duration::from_secs(5)),
+            probe: tokio::sync::Mutex::new(()),
+            answered_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -193,6 +200,44 @@ impl Shared {
                 "REDIS FAILED: switching to the fallback; selling only from this instance's reserved tickets, journaling every sale to disk until Redis is back"
             );
         }
+    }
+
+    /// A purchase failed with `cause`, an outage-class error, at `failed_at_ms`
+    /// ([`Shared::now_ms`]): opens the breaker unless Redis proves that it answers. Redis
+    /// refusing (loading, busy, without quorum, read-only) opens it at once; every other such
+    /// error can come from this process alone with Redis healthy
+    /// ([`StoreError::needs_confirming`]), and opens it only when a probe begun after the
+    /// failure ([`RedisStore::ready`]: connections up, a read and the replica wait, each
+    /// bounded by the call timeout) finds Redis not answering. Concurrent failures share one probe. Returns whether the breaker is open: if
+    /// not, the purchase may be tried in Redis again (an unknown outcome is made void first,
+    /// and a repeated key gets its first answer).
+    ///
+    /// Selling from the reserves for a moment with Redis healthy is safe for tickets, but it
+    /// is a fallback period: the per-buyer limit and `Idempotency-Key`s then hold per instance
+    /// only, so a retry could buy a second ticket.
+    pub async fn confirm_outage(&self, cause: &StoreError, failed_at_ms: u64) -> bool {
+        if !cause.needs_confirming() {
+            self.trip(cause);
+            return true;
+        }
+        let _probe = self.probe.lock().await;
+        if self.in_fallback() {
+            return true;
+        }
+        if self.answered_at_ms.load(Ordering::Acquire) > failed_at_ms {
+            return false; // a probe begun after this failure found Redis answering
+        }
+        let began = self.now_ms();
+        if self.redis.ready(self.fence().as_ref()).await {
+            self.answered_at_ms.store(began + 1, Ordering::Release);
+            self.redis.metrics().outage_unconfirmed();
+            if let Some(held_back) = self.error_log.allow() {
+                tracing::info!(shard = %self.label, cause = %cause, held_back, "a Redis call failed but Redis answers a probe: staying on Redis, trying the purchase again");
+            }
+            return false;
+        }
+        self.trip(cause);
+        true
     }
 
     /// Opens the breaker at start-up, before anything is sold, because sales of the previous run

@@ -345,7 +345,11 @@ impl ResilientStore {
             attempts += 1;
             match s.redis.purchase_as(event, who.cloned()).await {
                 Ok(sale) => return (StorePath::Redis, Ok(sale)),
-                Err(e) if e.is_outage() => s.trip(&e),
+                Err(e) if e.is_outage() => {
+                    if !s.confirm_outage(&e, s.now_ms()).await && attempts >= 3 {
+                        return (StorePath::Redis, Err(e));
+                    }
+                }
                 Err(StoreError::HeldInReserves(reserved)) => {
                     match self.end_game(event, reserved, who).await {
                         EndGame::Done(path, result) => return (path, result),
