@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::interfaces::ClientLike;
 use hyper::StatusCode;
 use support::load::{buy_until_sold_out, Tally};
 use support::{ledger, Conn, RedisServer, TicketdProcess};
@@ -613,6 +614,83 @@ async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
             s.sold.len(),
             received.len()
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop();
+}
+
+/// Redis answering reads but no purchase (`CLIENT PAUSE WRITE`: the probe's read answers, the
+/// purchase script waits) is an outage for buyers: the first timeout is forgiven once the
+/// probe answers, the purchase's second try times out as well, and that opens the breaker, so
+/// the buyer gets a reserve ticket instead of a 503 after three timeouts. (The probe's read
+/// can also land on the connection whose purchase call is stuck and time out itself, which
+/// opens the breaker at the first timeout; either way it opens on a timeout, before fred closes
+/// the stuck connections as unresponsive. The rule alone is tested in `store::fallback`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_answering_reads_but_not_purchases_opens_the_breaker() {
+    let redis = RedisServer::start();
+    let mut t = TicketdProcess::on_redis(
+        &redis,
+        "w=1000",
+        &[
+            "--fallback-reserve",
+            "50",
+            "--reserve-lease",
+            "5s",
+            "--redis-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    t.wait_ready().await;
+    t.wait_until(
+        |a| a.json()["fallback"]["reserved"]["w"] == 50,
+        "/metrics?format=json",
+    )
+    .await;
+    let admin = redis.client().await;
+    let client = |args: Vec<&'static str>| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .custom::<fred::types::Value, _>(fred::cmd!("CLIENT"), args)
+                .await
+                .unwrap()
+        }
+    };
+    client(vec!["PAUSE", "20000", "WRITE"]).await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(5), c.buy("w"))
+        .await
+        .expect("no request hangs")
+        .unwrap();
+    client(vec!["UNPAUSE"]).await;
+    assert_eq!(a.status, StatusCode::OK, "sold from the reserve: {a:?}");
+    // Opened by the purchase's second timeout, not later by fred closing the connection as
+    // unresponsive (which reads as "not connected").
+    let log = t.wait_for_log("REDIS FAILED").await;
+    let tripped = log.lines().find(|l| l.contains("REDIS FAILED")).unwrap();
+    assert!(
+        tripped.contains("no answer from Redis within 300ms"),
+        "{log}"
+    );
+    let m = t.metrics_json().await;
+    assert_eq!(m["fallback"]["activations"], 1, "{m}");
+    assert_eq!(m["paths"]["fallback"]["sold"], 1, "{m}");
+    t.wait_until(
+        |a| a.json()["fallback"]["active"] == false,
+        "/metrics?format=json",
+    )
+    .await;
+    let ticket = a.json()["ticket"].as_str().unwrap().to_owned();
+    let r = redis.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ledger::check(&r, "w", 1000, &HashSet::from([ticket.clone()])).await;
+        if s.sold.len() == 1 {
+            break; // the reserve sale settled, the timed-out calls were made void
+        }
+        assert!(Instant::now() < deadline, "ledger {}", s.sold.len());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     t.stop();

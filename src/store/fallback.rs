@@ -24,6 +24,34 @@ use crate::store::topology::Scope;
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
+/// How soon after a probe found Redis answering a purchase sent after it may fail without
+/// opening the breaker ([`Shared::confirm_outage`]): a second failure within it opens it.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// What [`Shared::confirm_outage`] does about a failure that needs confirming.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A probe since the purchase was sent found Redis answering: try Redis again.
+    Forgive,
+    /// The purchase was sent after a probe found Redis answering, and failed within
+    /// [`REPEAT_WINDOW`] of it: Redis answers probes but not purchases.
+    Trip,
+    /// Ask Redis.
+    Probe,
+}
+
+/// The verdict on a purchase sent when `sent_after` probes had found Redis answering, now that
+/// `answered` have, the last `since_ms` ago.
+fn verdict(answered: u64, sent_after: u64, since_ms: u64) -> Verdict {
+    if answered > sent_after {
+        Verdict::Forgive
+    } else if answered > 0 && since_ms < REPEAT_WINDOW.as_millis() as u64 {
+        Verdict::Trip
+    } else {
+        Verdict::Probe
+    }
+}
+
 /// Settings of the fallback.
 #[derive(Debug, Clone, Copy)]
 pub struct FallbackOptions {
@@ -119,9 +147,10 @@ pub struct Shared {
     pub error_log: Throttle,
     /// One probe at a time confirms an outage ([`Shared::confirm_outage`]).
     probe: tokio::sync::Mutex<()>,
-    /// When the last probe that found Redis answering began, ms after `started`, plus one (0:
-    /// none yet).
-    answered_at_ms: AtomicU64,
+    /// Probes that found Redis answering so far; a purchase reads it before it is sent.
+    answered: AtomicU64,
+    /// When the last of them ended, ms after `started`.
+    answered_end_ms: AtomicU64,
     /// The events this store serves (all, or one cluster shard's).
     pub scope: Scope,
     /// The shard's label in logs and metrics (`0-5460`); empty for a single Redis.
@@ -165,7 +194,8 @@ impl Shared {
             down_at_ms: AtomicU64::new(0),
             error_log: Throttle::new(Duration::from_secs(5)),
             probe: tokio::sync::Mutex::new(()),
-            answered_at_ms: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            answered_end_ms: AtomicU64::new(0),
         }
     }
 
@@ -202,20 +232,30 @@ impl Shared {
         }
     }
 
-    /// A purchase failed with `cause`, an outage-class error, at `failed_at_ms`
-    /// ([`Shared::now_ms`]): opens the breaker unless Redis proves that it answers. Redis
-    /// refusing (loading, busy, without quorum, read-only) opens it at once; every other such
+    /// Probes that found Redis answering so far: read before a purchase is sent, and given to
+    /// [`Shared::confirm_outage`] if it fails.
+    pub fn probes_answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// A purchase sent when [`Shared::probes_answered`] said `sent_after` failed with `cause`,
+    /// an outage-class error: opens the breaker unless Redis proves that it answers. Redis
+    /// refusing (loading, busy, without quorum, read-only) opens it at once. Every other such
     /// error can come from this process alone with Redis healthy
-    /// ([`StoreError::needs_confirming`]), and opens it only when a probe begun after the
-    /// failure ([`RedisStore::ready`]: connections up, a read and the replica wait, each
-    /// bounded by the call timeout) finds Redis not answering. Concurrent failures share one probe. Returns whether the breaker is open: if
-    /// not, the purchase may be tried in Redis again (an unknown outcome is made void first,
-    /// and a repeated key gets its first answer).
+    /// ([`StoreError::needs_confirming`]), and is forgiven once: if a probe
+    /// ([`RedisStore::ready`]: connections up, a read and the replica wait, each bounded by the
+    /// call timeout) finds Redis answering, or one did since the purchase was sent, the breaker
+    /// stays closed and the purchase may be tried in Redis again (an unknown outcome is made
+    /// void first, and a repeated key gets its first answer). A purchase sent after such a
+    /// probe that fails as well, within [`REPEAT_WINDOW`] of it, opens the breaker without
+    /// another probe: Redis answers probes but not purchases (a slow disk under writes, writes
+    /// paused), which is an outage for buyers. Concurrent failures share one probe. Returns
+    /// whether the breaker is open.
     ///
-    /// Selling from the reserves for a moment with Redis healthy is safe for tickets, but it
-    /// is a fallback period: the per-buyer limit and `Idempotency-Key`s then hold per instance
-    /// only, so a retry could buy a second ticket.
-    pub async fn confirm_outage(&self, cause: &StoreError, failed_at_ms: u64) -> bool {
+    /// Selling from the reserves for a moment with Redis healthy would be safe for tickets,
+    /// but it is a fallback period: the per-buyer limit and `Idempotency-Key`s then hold per
+    /// instance only, so a retry could buy a second ticket.
+    pub async fn confirm_outage(&self, cause: &StoreError, sent_after: u64) -> bool {
         if !cause.needs_confirming() {
             self.trip(cause);
             return true;
@@ -224,12 +264,20 @@ impl Shared {
         if self.in_fallback() {
             return true;
         }
-        if self.answered_at_ms.load(Ordering::Acquire) > failed_at_ms {
-            return false; // a probe begun after this failure found Redis answering
+        let since = self
+            .now_ms()
+            .saturating_sub(self.answered_end_ms.load(Ordering::Acquire));
+        match verdict(self.answered.load(Ordering::Acquire), sent_after, since) {
+            Verdict::Forgive => return false,
+            Verdict::Trip => {
+                self.trip(cause);
+                return true;
+            }
+            Verdict::Probe => {}
         }
-        let began = self.now_ms();
         if self.redis.ready(self.fence().as_ref()).await {
-            self.answered_at_ms.store(began + 1, Ordering::Release);
+            self.answered_end_ms.store(self.now_ms(), Ordering::Release);
+            self.answered.fetch_add(1, Ordering::AcqRel);
             self.redis.metrics().outage_unconfirmed();
             if let Some(held_back) = self.error_log.allow() {
                 tracing::info!(shard = %self.label, cause = %cause, held_back, "a Redis call failed but Redis answers a probe: staying on Redis, trying the purchase again");
@@ -350,4 +398,21 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{verdict, Verdict};
+
+    #[test]
+    fn a_failure_is_forgiven_once_and_a_second_one_right_after_opens_the_breaker() {
+        // No probe yet: ask Redis.
+        assert_eq!(verdict(0, 0, 5), Verdict::Probe);
+        // Sent before the probe that found Redis answering: forgiven, try again.
+        assert_eq!(verdict(1, 0, 5), Verdict::Forgive);
+        // The second try, sent after that probe, failed too, 400 ms later: open.
+        assert_eq!(verdict(1, 1, 400), Verdict::Trip);
+        // A failure long after the last answer is a new hiccup: ask again.
+        assert_eq!(verdict(1, 1, 60_000), Verdict::Probe);
+    }
 }

@@ -343,10 +343,11 @@ impl ResilientStore {
         let mut attempts = 0;
         while !s.in_fallback() {
             attempts += 1;
+            let probes = s.probes_answered();
             match s.redis.purchase_as(event, who.cloned()).await {
                 Ok(sale) => return (StorePath::Redis, Ok(sale)),
                 Err(e) if e.is_outage() => {
-                    if !s.confirm_outage(&e, s.now_ms()).await && attempts >= 3 {
+                    if !s.confirm_outage(&e, probes).await && attempts >= 3 {
                         return (StorePath::Redis, Err(e));
                     }
                 }
