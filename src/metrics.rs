@@ -80,7 +80,7 @@ pub mod names {
     pub const OUTAGES_UNCONFIRMED: Family = (
         "ticketd_redis_outages_unconfirmed_total",
         "counter",
-        "Redis calls that failed like an outage (a timeout, a cancelled call) while a probe right after found Redis answering: the breaker stayed closed and the purchase was tried in Redis again.",
+        "Probes that found Redis answering right after purchases failed like an outage (a timeout, a lost call): the breaker stayed closed and those purchases were tried in Redis again.",
     );
     pub const FALLBACK_MODE: Family = (
         "ticketd_fallback_mode",

@@ -80,6 +80,10 @@ pub enum StoreError {
     /// No connection to Redis right now (it is reconnecting).
     #[error("not connected to Redis")]
     NotConnected,
+    /// Never sent: it queued behind a round that failed like an outage on its connection
+    /// (nothing of it can have sold).
+    #[error("not sent: the Redis call before it failed")]
+    NotSent,
     /// The pool is empty but instances' reserves still hold tickets: not sold out; they are
     /// being returned to the pool (retry shortly).
     #[error("pool empty, {0} tickets held in reserves")]
@@ -192,6 +196,7 @@ impl StoreError {
         match self {
             StoreError::Timeout(_)
             | StoreError::NotConnected
+            | StoreError::NotSent
             | StoreError::NotReplicated { .. } => true,
             StoreError::Redis(e) => {
                 matches!(

@@ -33,7 +33,7 @@ use chaos::{Binary, Options};
 /// fallback ([`BUYER_FAULT_KINDS`]), an instance killed and one paused. The seeds with a
 /// `/metrics` flood stay anonymous: scrapes are served from a snapshot and the breaker opens
 /// only on a confirmed outage, so a flood should no longer send an instance to the fallback
-/// (seeds 3, 14, 15, 26, 27 and 28 passed with known buyers, 15 runs in all, 2026-12-02), but
+/// (seeds 3, 14, 15, 26, 27 and 28 passed with known buyers 13 runs of 13, before the probe, 2026-12-02), but
 /// the set keeps its anonymous coverage of every fault kind.
 const SEEDS: [(u64, Buyers); 4] = [
     (1, Buyers::Known),

@@ -153,7 +153,7 @@ async fn run(
             // round's purchases for the probe that opens the breaker or sends them to Redis
             // again (`Shared::confirm_outage`).
             while let Ok(order) = rx.try_recv() {
-                let _ = order.reply.send(Err(StoreError::NotConnected));
+                let _ = order.reply.send(Err(StoreError::NotSent));
             }
         }
     }
@@ -490,6 +490,11 @@ fn answer(batch: Vec<Order>, reply: &Reply, id: Bytes, cx: &Context) {
                 })
             }
             (Status::Sold, Said::Sold | Said::Empty) => empty(),
+            // A purchase of this buyer whose outcome this instance never learned may have
+            // counted: until it is made void, "limit reached" may be untrue.
+            (Status::Sold, Said::Limit) if event.limbo.load(Relaxed) > 0 => {
+                Err(StoreError::InLimbo)
+            }
             (Status::Sold, Said::Limit) => Ok(Sale::LimitReached),
             (Status::Sold, Said::InUse) => Ok(Sale::KeyInUse),
             (Status::Sold, Said::Reused) => Ok(Sale::KeyReused),
@@ -672,7 +677,21 @@ mod tests {
         e.limbo.store(1, Relaxed);
         let got = answers(sold(Status::Sold, 0), 3);
         assert!(matches!(got[2], Err(StoreError::InLimbo)), "{:?}", got[2]);
+        // Nor "limit reached": the sale being made void may be what counted.
+        let limit = Reply {
+            said: Some(vec![Said::Limit]),
+            tickets: Vec::new(),
+            ..sold(Status::Sold, 0)
+        };
+        let got = answers(limit, 1);
+        assert!(matches!(got[0], Err(StoreError::InLimbo)), "{:?}", got[0]);
         e.limbo.store(0, Relaxed);
+        let limit = Reply {
+            said: Some(vec![Said::Limit]),
+            tickets: Vec::new(),
+            ..sold(Status::Sold, 0)
+        };
+        assert_eq!(answers(limit, 1)[0].as_ref().unwrap(), &Sale::LimitReached);
 
         // The second buyer left: its ticket is queued to be given back, nothing else.
         let (tx, _) = oneshot::channel();

@@ -25,7 +25,9 @@ use crate::store::StoreError;
 use crate::throttle::Throttle;
 
 /// How soon after a probe found Redis answering a purchase sent after it may fail without
-/// opening the breaker ([`Shared::confirm_outage`]): a second failure within it opens it.
+/// opening the breaker ([`Shared::confirm_outage`]): a second failure within it opens it. At
+/// least three call timeouts, so that a purchase sent right after the probe can time out
+/// within it.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
 /// What [`Shared::confirm_outage`] does about a failure that needs confirming.
@@ -40,12 +42,13 @@ enum Verdict {
     Probe,
 }
 
-/// The verdict on a purchase sent when `sent_after` probes had found Redis answering, now that
-/// `answered` have, the last `since_ms` ago.
-fn verdict(answered: u64, sent_after: u64, since_ms: u64) -> Verdict {
+/// The verdict on a purchase queued when `sent_after` probes had found Redis answering, now
+/// that `answered` have, the last `since_ms` ago (`None`: the purchase was never sent, so it
+/// is no second failure).
+fn verdict(answered: u64, sent_after: u64, since_ms: Option<u64>, window: Duration) -> Verdict {
     if answered > sent_after {
         Verdict::Forgive
-    } else if answered > 0 && since_ms < REPEAT_WINDOW.as_millis() as u64 {
+    } else if answered > 0 && since_ms.is_some_and(|ms| ms < window.as_millis() as u64) {
         Verdict::Trip
     } else {
         Verdict::Probe
@@ -267,7 +270,11 @@ impl Shared {
         let since = self
             .now_ms()
             .saturating_sub(self.answered_end_ms.load(Ordering::Acquire));
-        match verdict(self.answered.load(Ordering::Acquire), sent_after, since) {
+        let window = REPEAT_WINDOW.max(self.redis.timeout() * 3);
+        // A purchase never sent proves nothing new about Redis: the round before it failed.
+        let sent = !matches!(cause, StoreError::NotSent);
+        let answered = self.answered.load(Ordering::Acquire);
+        match verdict(answered, sent_after, sent.then_some(since), window) {
             Verdict::Forgive => return false,
             Verdict::Trip => {
                 self.trip(cause);
@@ -280,7 +287,7 @@ impl Shared {
             self.answered.fetch_add(1, Ordering::AcqRel);
             self.redis.metrics().outage_unconfirmed();
             if let Some(held_back) = self.error_log.allow() {
-                tracing::info!(shard = %self.label, cause = %cause, held_back, "a Redis call failed but Redis answers a probe: staying on Redis, trying the purchase again");
+                tracing::info!(shard = %self.label, cause = %cause, held_back, "a Redis call failed but Redis answers a probe: staying on Redis; the failed purchases go to Redis again (503 after three tries)");
             }
             return false;
         }
@@ -402,17 +409,26 @@ pub fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{verdict, Verdict};
+    use super::{verdict, Verdict, REPEAT_WINDOW};
+    use std::time::Duration;
 
     #[test]
     fn a_failure_is_forgiven_once_and_a_second_one_right_after_opens_the_breaker() {
+        let w = REPEAT_WINDOW;
         // No probe yet: ask Redis.
-        assert_eq!(verdict(0, 0, 5), Verdict::Probe);
+        assert_eq!(verdict(0, 0, Some(5), w), Verdict::Probe);
         // Sent before the probe that found Redis answering: forgiven, try again.
-        assert_eq!(verdict(1, 0, 5), Verdict::Forgive);
+        assert_eq!(verdict(1, 0, Some(5), w), Verdict::Forgive);
         // The second try, sent after that probe, failed too, 400 ms later: open.
-        assert_eq!(verdict(1, 1, 400), Verdict::Trip);
+        assert_eq!(verdict(1, 1, Some(400), w), Verdict::Trip);
+        // Never sent (queued behind a failed round): no second failure, ask again.
+        assert_eq!(verdict(1, 1, None, w), Verdict::Probe);
         // A failure long after the last answer is a new hiccup: ask again.
-        assert_eq!(verdict(1, 1, 60_000), Verdict::Probe);
+        assert_eq!(verdict(1, 1, Some(60_000), w), Verdict::Probe);
+        // A timeout longer than the window's floor widens it.
+        assert_eq!(
+            verdict(1, 1, Some(2_500), Duration::from_secs(3)),
+            Verdict::Trip
+        );
     }
 }

@@ -317,7 +317,11 @@ impl RedisStore {
             Err(_) => Err(StoreError::NotConnected),
         };
         if let Err(e) = &result {
-            if !matches!(e, StoreError::HeldInReserves(_) | StoreError::InLimbo) {
+            // A purchase never sent is not a Redis error: the round before it was counted.
+            if !matches!(
+                e,
+                StoreError::HeldInReserves(_) | StoreError::InLimbo | StoreError::NotSent
+            ) {
                 self.metrics.redis_error(error_kind(e));
             }
         }
