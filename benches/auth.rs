@@ -65,11 +65,14 @@ fn pem(file: &str) -> Vec<u8> {
 }
 
 fn verify(c: &mut Criterion) {
+    // Every token verified every time (no cache), but the `_cached` cases: the same token again.
     let checks = [
         "--jwt-issuer",
         "https://id.example",
         "--jwt-audience",
         "tickets",
+        "--jwt-cache-size",
+        "0",
     ];
     let mut cases: Vec<(&str, Auth, HeaderMap)> = Vec::new();
     let hs = EncodingKey::from_secret(SECRET.as_bytes());
@@ -106,7 +109,14 @@ fn verify(c: &mut Criterion) {
         let mut flags = vec!["--jwt-public-key", path.to_str().expect("UTF-8 path")];
         flags.extend_from_slice(&checks);
         cases.push((name, auth(&flags), request(alg, &key)));
+        if alg == Algorithm::EdDSA {
+            flags.truncate(flags.len() - 2);
+            cases.push(("eddsa_cached", auth(&flags), request(alg, &key)));
+        }
     }
+    flags = vec!["--jwt-secret", SECRET];
+    flags.extend_from_slice(&checks[..4]);
+    cases.push(("hs256_cached", auth(&flags), request(Algorithm::HS256, &hs)));
     let mut gateway = common_headers();
     gateway.insert("x-buyer", HeaderValue::from_static("buyer-123456"));
     cases.push(("header", auth(&["--buyer-header", "x-buyer"]), gateway));

@@ -11,6 +11,7 @@
 //! keeps buyer ids in records separated by `\n`, so a `sub` (or gateway header) holding one is
 //! refused like a bad token.
 
+pub mod cache;
 pub mod jwt;
 
 use std::fmt;
@@ -97,7 +98,7 @@ impl Auth {
                 (Some(secret), None, None) => {
                     let jwt = JwtAuth::hs256(secret.expose().as_bytes(), &jwt::Checks::from(args))
                         .map_err(|e| format!("--jwt-secret: {e}"))?;
-                    Auth::Jwt(Box::new(jwt))
+                    Auth::Jwt(Box::new(jwt.with_cache(args.jwt_cache_size)))
                 }
                 (None, Some(path), None) => {
                     let named =
@@ -105,7 +106,7 @@ impl Auth {
                     let pem = std::fs::read(path).map_err(|e| named(&e))?;
                     let jwt =
                         JwtAuth::from_pem(&pem, &jwt::Checks::from(args)).map_err(|e| named(&e))?;
-                    Auth::Jwt(Box::new(jwt))
+                    Auth::Jwt(Box::new(jwt.with_cache(args.jwt_cache_size)))
                 }
                 (None, None, Some(name)) => Auth::Header(name.clone()),
                 _ => return Err(

@@ -167,6 +167,9 @@ pub struct ServeArgs {
 /// `--jwt-leeway` when none is given: the clock skew allowed on `exp` and `nbf`.
 pub const DEFAULT_JWT_LEEWAY: &str = "30s";
 
+/// `--jwt-cache-size` when none is given.
+pub const DEFAULT_JWT_CACHE_SIZE: usize = 65_536;
+
 /// Largest `--jwt-leeway`: more would keep an expired token usable for long.
 pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -209,6 +212,11 @@ pub struct BuyerArgs {
     /// Clock skew allowed on a token's `exp` and `nbf` (at most 5m).
     #[arg(long, env = "TICKETD_JWT_LEEWAY", default_value = DEFAULT_JWT_LEEWAY, value_parser = parse_leeway)]
     pub jwt_leeway: Duration,
+    /// Verified tokens kept, with their buyers, until they expire: a token seen before costs a
+    /// lookup instead of a signature check (0: verify every time). About 300 bytes each for a
+    /// typical token, so the default holds at most about 20 MiB.
+    #[arg(long, env = "TICKETD_JWT_CACHE_SIZE", value_name = "TOKENS", default_value_t = DEFAULT_JWT_CACHE_SIZE)]
+    pub jwt_cache_size: usize,
     /// Trust this request header, set by an authenticating gateway, as the buyer instead of a
     /// token. The gateway must strip it from client requests, or any client can name itself.
     #[arg(long, env = "TICKETD_BUYER_HEADER", value_name = "NAME", group = "identity", value_parser = parse_header_name)]

@@ -14,6 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::cache::TokenCache;
 use super::Buyer;
 use crate::config::{BuyerArgs, MIN_JWT_SECRET_LEN};
 
@@ -41,11 +42,14 @@ impl From<&BuyerArgs> for Checks {
     }
 }
 
-/// A key and the checks every token must pass.
+/// A key and the checks every token must pass, and the tokens that passed them.
 pub struct JwtAuth {
     key: DecodingKey,
     validation: Validation,
     algorithm: Algorithm,
+    /// Tokens verified before and their buyers (`--jwt-cache-size`; `None`: every token is
+    /// verified every time).
+    cache: Option<TokenCache>,
 }
 
 impl fmt::Debug for JwtAuth {
@@ -54,6 +58,7 @@ impl fmt::Debug for JwtAuth {
         f.debug_struct("JwtAuth")
             .field("algorithm", &self.algorithm)
             .field("validation", &self.validation)
+            .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +68,8 @@ impl fmt::Debug for JwtAuth {
 #[derive(Deserialize)]
 struct Claims {
     sub: Box<str>,
+    /// Checked by the crate; kept to know how long the verified token may be cached.
+    exp: u64,
 }
 
 /// Why a token was refused (logged at DEBUG, never sent).
@@ -160,6 +167,7 @@ impl JwtAuth {
             key,
             validation,
             algorithm,
+            cache: None,
         }
     }
 
@@ -168,13 +176,33 @@ impl JwtAuth {
         self.algorithm
     }
 
-    /// The buyer named by `token`, if its signature and claims pass.
+    /// Keeps up to `capacity` verified tokens (0: none), so that a token seen before costs a
+    /// lookup instead of a signature check until it expires ([`TokenCache`]).
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> JwtAuth {
+        self.cache = TokenCache::new(capacity);
+        self
+    }
+
+    /// The buyer named by `token`, if its signature and claims pass (or passed before, and the
+    /// token has not expired since).
     ///
     /// # Errors
     /// Why the token was refused.
     pub fn verify(&self, token: &[u8]) -> Result<Buyer, Refused> {
+        let Some(cache) = &self.cache else {
+            let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
+            return Buyer::new(data.claims.sub).ok_or(Refused::BadSubject);
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(buyer) = cache.get(token, now) {
+            return Ok(buyer);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
-        Buyer::new(data.claims.sub).ok_or(Refused::BadSubject)
+        let buyer = Buyer::new(data.claims.sub).ok_or(Refused::BadSubject)?;
+        let until = data.claims.exp.saturating_add(self.validation.leeway);
+        cache.insert(token, buyer.clone(), until);
+        Ok(buyer)
     }
 }
 
@@ -273,6 +301,42 @@ mod tests {
         ] {
             assert_eq!(buyer_of(&jwt, &hs256(&claims)), None, "{claims}");
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_kept_and_a_refused_one_never_is() {
+        let jwt = JwtAuth::hs256(SECRET, &checks()).unwrap().with_cache(100);
+        let kept = || jwt.cache.as_ref().unwrap().len();
+        let claims = json!({"sub": "buyer-7", "exp": now() + 60});
+        let token = hs256(&claims);
+        assert_eq!(buyer_of(&jwt, &token).as_deref(), Some("buyer-7"));
+        assert_eq!(kept(), 1);
+        assert_eq!(
+            buyer_of(&jwt, &token).as_deref(),
+            Some("buyer-7"),
+            "from the cache"
+        );
+        assert_eq!(kept(), 1);
+        // The same claims badly signed, a signature flipped, an expired token: refused, not kept.
+        let other = EncodingKey::from_secret(b"another secret, 32 bytes or more!");
+        assert_eq!(
+            buyer_of(&jwt, &sign(Algorithm::HS256, &other, &claims)),
+            None
+        );
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        assert_eq!(
+            buyer_of(&jwt, &format!("{head}.{flipped}{}", &sig[1..])),
+            None
+        );
+        let expired = hs256(&json!({"sub": "buyer-7", "exp": now() - 60}));
+        assert_eq!(buyer_of(&jwt, &expired), None);
+        assert_eq!(kept(), 1);
+        // Kept until its `exp` plus the leeway: the cache answers what the crate would.
+        let late = hs256(&json!({"sub": "buyer-8", "exp": now() - 10}));
+        assert_eq!(buyer_of(&jwt, &late).as_deref(), Some("buyer-8"));
+        assert_eq!(buyer_of(&jwt, &late).as_deref(), Some("buyer-8"));
+        assert!(JwtAuth::hs256(SECRET, &checks()).unwrap().cache.is_none());
     }
 
     #[test]
