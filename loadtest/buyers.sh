@@ -10,6 +10,8 @@
 #               with one SET, then checked and recorded by the purchase script)
 #   jwt-key-limit  the same with --max-per-buyer (high enough never to refuse: what the count
 #               costs, not what refusals save)
+#   jwt-nocache, jwt-key-nocache  jwt and jwt-key with --jwt-cache-size 0: every token
+#               verified on every request (what the cache of verified tokens saves)
 # Rows are measured $ROUNDS times, interleaved, and each row's median round is reported, with
 # ticketd's and Redis's CPU per purchase (from /proc, over the measured window) and the ratio
 # of requests/s and of CPU per purchase to the anonymous row of the same round. The load
@@ -59,6 +61,7 @@ start_row() { # row: a flushed, seeded Redis and a fresh ticketd set up for the 
   case $row in
     anonymous) ;;
     jwt | jwt-key) args=(--jwt-secret "$SECRET") ;;
+    jwt-nocache | jwt-key-nocache) args=(--jwt-secret "$SECRET" --jwt-cache-size 0) ;;
     jwt-key-limit) args=(--jwt-secret "$SECRET" --max-per-buyer 1000000) ;;
     *) echo "buyers.sh: unknown row $row" >&2; exit 1 ;;
   esac
@@ -84,8 +87,8 @@ measure() { # row round
   local row=$1 round=$2 extra=() rc=0 key="$1/$2"
   start_row "$row"
   case $row in
-    jwt) extra=(--jwt-secret "$SECRET" --buyers "$BUYERS") ;;
-    jwt-key | jwt-key-limit) extra=(--jwt-secret "$SECRET" --buyers "$BUYERS" --idempotency-keys) ;;
+    jwt | jwt-nocache) extra=(--jwt-secret "$SECRET" --buyers "$BUYERS") ;;
+    jwt-key | jwt-key-nocache | jwt-key-limit) extra=(--jwt-secret "$SECRET" --buyers "$BUYERS" --idempotency-keys) ;;
   esac
   echo "measuring $row, round $round of $ROUNDS, $CONNECTIONS connections for $DURATION..." >&2
   "$LOADTEST" --url "http://127.0.0.1:$PORT" --connections "$CONNECTIONS" --duration "$DURATION" \
