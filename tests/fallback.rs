@@ -525,12 +525,42 @@ async fn slow_redis_falls_back_within_the_timeout() {
         "/metrics?format=json",
     )
     .await;
+    // The calls queued while Redis was paused were made void.
+    wait_for_ledger(&redis, "s", 2000, &received).await;
+    t.stop();
+}
+
+/// ticketd on `redis` selling `event` (1,000 tickets) with a reserve of 50, claimed before it
+/// returns, and `--redis-timeout timeout`.
+async fn with_small_reserve(redis: &RedisServer, event: &str, timeout: &str) -> TicketdProcess {
+    let events = format!("{event}=1000");
+    let flags = ["--fallback-reserve", "50", "--reserve-lease", "5s"];
+    let mut args = flags.to_vec();
+    args.extend(["--redis-timeout", timeout]);
+    let t = TicketdProcess::on_redis(redis, &events, &args).await;
+    t.wait_ready().await;
+    t.wait_until(
+        |a| a.json()["fallback"]["reserved"][event] == 50,
+        "/metrics?format=json",
+    )
+    .await;
+    t
+}
+
+/// Waits (bounded) until the ledger of `event` holds exactly the `received` tickets (calls of
+/// unknown outcome made void, reserve sales settled), with no ticket twice.
+async fn wait_for_ledger(
+    redis: &RedisServer,
+    event: &str,
+    capacity: u64,
+    received: &HashSet<String>,
+) {
     let r = redis.client().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = ledger::check(&r, "s", 2000, &received).await;
+        let s = ledger::check(&r, event, capacity, received).await;
         if s.sold.len() == received.len() {
-            break; // the calls queued while Redis was paused were made void
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -540,7 +570,6 @@ async fn slow_redis_falls_back_within_the_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    t.stop();
 }
 
 /// A purchase that times out while Redis is healthy again a moment later (paused shorter than
@@ -551,25 +580,7 @@ async fn slow_redis_falls_back_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
     let redis = RedisServer::start();
-    let mut t = TicketdProcess::on_redis(
-        &redis,
-        "h=1000",
-        &[
-            "--fallback-reserve",
-            "50",
-            "--reserve-lease",
-            "5s",
-            "--redis-timeout",
-            "500ms",
-        ],
-    )
-    .await;
-    t.wait_ready().await;
-    t.wait_until(
-        |a| a.json()["fallback"]["reserved"]["h"] == 50,
-        "/metrics?format=json",
-    )
-    .await;
+    let mut t = with_small_reserve(&redis, "h", "500ms").await;
     let mut c = Conn::open(t.addr).await.unwrap();
     let first = c.buy("h").await.unwrap();
     assert_eq!(first.status, StatusCode::OK);
@@ -601,21 +612,8 @@ async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
     );
     assert!(m["redis"]["outages_unconfirmed"].as_u64() >= Some(1), "{m}");
     assert_eq!(m["paths"]["fallback"]["sold"], 0, "{m}");
-    let r = redis.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = ledger::check(&r, "h", 1000, &received).await;
-        if s.sold.len() == received.len() {
-            break; // the timed-out call was made void
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ledger {} != received {}",
-            s.sold.len(),
-            received.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The timed-out call was made void.
+    wait_for_ledger(&redis, "h", 1000, &received).await;
     t.stop();
 }
 
@@ -629,25 +627,7 @@ async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_answering_reads_but_not_purchases_opens_the_breaker() {
     let redis = RedisServer::start();
-    let mut t = TicketdProcess::on_redis(
-        &redis,
-        "w=1000",
-        &[
-            "--fallback-reserve",
-            "50",
-            "--reserve-lease",
-            "5s",
-            "--redis-timeout",
-            "300ms",
-        ],
-    )
-    .await;
-    t.wait_ready().await;
-    t.wait_until(
-        |a| a.json()["fallback"]["reserved"]["w"] == 50,
-        "/metrics?format=json",
-    )
-    .await;
+    let mut t = with_small_reserve(&redis, "w", "300ms").await;
     let admin = redis.client().await;
     let client = |args: Vec<&'static str>| {
         let admin = admin.clone();
@@ -682,17 +662,9 @@ async fn redis_answering_reads_but_not_purchases_opens_the_breaker() {
         "/metrics?format=json",
     )
     .await;
-    let ticket = a.json()["ticket"].as_str().unwrap().to_owned();
-    let r = redis.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = ledger::check(&r, "w", 1000, &HashSet::from([ticket.clone()])).await;
-        if s.sold.len() == 1 {
-            break; // the reserve sale settled, the timed-out calls were made void
-        }
-        assert!(Instant::now() < deadline, "ledger {}", s.sold.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The reserve sale settled, the timed-out calls were made void.
+    let received = HashSet::from([a.json()["ticket"].as_str().unwrap().to_owned()]);
+    wait_for_ledger(&redis, "w", 1000, &received).await;
     t.stop();
 }
 

@@ -61,6 +61,13 @@ impl RedisServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
         super::require("redis-server");
+        // Its own log beside the data (every start appends), shown when a start fails.
+        let log_path = self.dir.path().join("redis.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("redis log");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -76,17 +83,23 @@ impl RedisServer {
                 "always",
             ])
             .args(["--protected-mode", "no", "--maxclients", "10000"])
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
         let deadline = Instant::now() + super::WAIT;
         while !self.pings() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
+                exited.is_none() && Instant::now() < deadline,
+                "redis-server did not start on {} ({}); its log:\n{}",
+                self.port,
+                exited.map_or("still running".to_owned(), |s| s.to_string()),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
