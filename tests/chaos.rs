@@ -156,10 +156,13 @@ async fn run_and_judge(
 
     let mut failures = Vec::new();
     for &(seed, buyers) in seeds {
-        let options = match buyers {
+        let mut options = match buyers {
             Buyers::Known => options.clone(),
             Buyers::Anonymous => options.clone().anonymous(),
         };
+        // A failed run keeps its directory, and its instances' breaker lines are printed: CI
+        // keeps nothing else of a rare failure.
+        options.keep_failed = true;
         let schedule = options.schedule(seed);
         let report = chaos::run(&options, &schedule)
             .await
@@ -176,7 +179,10 @@ async fn run_and_judge(
             } else {
                 format!("the known buyers were not exercised ({buyers:?}): ")
             };
-            failures.push(format!("{why}{report}"));
+            failures.push(format!(
+                "{why}{report}{}",
+                breaker_lines(report.kept.as_deref())
+            ));
         }
     }
     assert!(
@@ -186,4 +192,46 @@ async fn run_and_judge(
         seeds.len(),
         failures.join("\n")
     );
+}
+
+/// The lines of every instance log in a kept run directory that tell when a breaker opened or
+/// closed and why, and which probes kept it closed (at most 40 per instance).
+fn breaker_lines(kept: Option<&Path>) -> String {
+    let Some(dir) = kept else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\nbreaker lines of the instances (run kept in {}):\n",
+        dir.display()
+    );
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut logs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("ticketd.log"))
+        .filter(|p| p.exists())
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        out.push_str(&format!("  {}:\n", log.display()));
+        let needles = [
+            "REDIS FAILED",
+            "REDIS IS BACK",
+            "answers a probe",
+            "listening",
+            "journal",
+        ];
+        for line in text
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .take(40)
+        {
+            out.push_str("    ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
