@@ -120,6 +120,15 @@ pub enum StoreError {
     UnknownEvent,
 }
 
+/// Whether Redis refused a call because it cannot serve now: loading its data, busy with a
+/// script, a cluster without quorum, or a primary demoted to a replica (the shard is failing
+/// over).
+fn is_refusal(e: &fred::error::Error) -> bool {
+    ["LOADING", "BUSY", "CLUSTERDOWN", "READONLY"]
+        .iter()
+        .any(|p| e.details().starts_with(p))
+}
+
 /// A ticket store.
 pub trait Store: Send + Sync + 'static {
     /// Sells one ticket of `event`. Returns the path that decided, and the decision.
@@ -204,12 +213,7 @@ impl StoreError {
                     fred::error::ErrorKind::IO
                         | fred::error::ErrorKind::Timeout
                         | fred::error::ErrorKind::Canceled
-                ) || e.details().starts_with("LOADING")
-                    || e.details().starts_with("BUSY")
-                    // A cluster without quorum, or a primary demoted to a replica: the shard
-                    // is failing over.
-                    || e.details().starts_with("CLUSTERDOWN")
-                    || e.details().starts_with("READONLY")
+                ) || is_refusal(e)
             }
             _ => false,
         }
@@ -225,9 +229,7 @@ impl StoreError {
     /// when the connection is really down (it looks at that first).
     pub fn needs_confirming(&self) -> bool {
         match self {
-            StoreError::Redis(e) => !["LOADING", "BUSY", "CLUSTERDOWN", "READONLY"]
-                .iter()
-                .any(|p| e.details().starts_with(p)),
+            StoreError::Redis(e) => !is_refusal(e),
             _ => true,
         }
     }

@@ -38,7 +38,6 @@ struct Shard {
     previous: HashMap<Box<[u8]>, Entry>,
 }
 
-#[derive(Clone)]
 struct Entry {
     buyer: Buyer,
     /// Last unix second the token is valid in (`exp` + leeway).
