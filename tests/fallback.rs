@@ -617,6 +617,51 @@ async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
     t.stop();
 }
 
+/// A stall of a healthy Redis longer than two call timeouts (the timeout, then a probe bounded
+/// like a call, would both expire in it) does not open the breaker either: the confirming probe
+/// waits two call timeouts (`store::fallback::probe_bound`). The cluster chaos schedule at seed
+/// 1431 saw such a stall on healthy primaries, and the breaker it opened let a repeated key buy
+/// a second ticket. The pause is the fault itself, held 1.5 call timeouts past the first
+/// timeout; it fails with the probe bounded by the call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_longer_than_two_call_timeouts_does_not_open_the_breaker() {
+    let redis = RedisServer::start();
+    let mut t = with_small_reserve(&redis, "s", "500ms").await;
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let first = c.buy("s").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    let mut received = HashSet::from([first.json()["ticket"].as_str().unwrap().to_owned()]);
+
+    redis.signal("STOP");
+    let addr = t.addr;
+    let stalled = tokio::spawn(async move {
+        let mut c = Conn::open(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(8), c.buy("s"))
+            .await
+            .expect("no request hangs")
+            .unwrap()
+    });
+    t.wait_until(
+        |a| a.json()["redis"]["errors"]["timeout"].as_u64() >= Some(1),
+        "/metrics?format=json",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    redis.signal("CONT");
+    let a = stalled.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "sold after the stall: {a:?}");
+    assert!(received.insert(a.json()["ticket"].as_str().unwrap().to_owned()));
+
+    let m = t.metrics_json().await;
+    assert_eq!(
+        m["fallback"]["activations"], 0,
+        "the breaker stayed closed: {m}"
+    );
+    assert_eq!(m["paths"]["fallback"]["sold"], 0, "{m}");
+    wait_for_ledger(&redis, "s", 1000, &received).await;
+    t.stop();
+}
+
 /// Redis answering reads but no purchase (`CLIENT PAUSE WRITE`: the probe's read answers, the
 /// purchase script waits) is an outage for buyers: the first timeout is forgiven once the
 /// probe answers, the purchase's second try times out as well, and that opens the breaker, so

@@ -30,6 +30,19 @@ use crate::throttle::Throttle;
 /// within it.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
+/// How long the confirming probe ([`Shared::confirm_outage`]) waits for each of its round
+/// trips: two call timeouts. Longer than a call on purpose: a probe bounded like the call it
+/// confirms fails on the same short stall of a healthy Redis or of this machine (the cluster
+/// chaos schedule at seed 1431 saw both instances' calls to two healthy primaries answered
+/// together after 530 ms, with 250 ms timeouts), and a breaker opened on a healthy Redis lets a
+/// repeated `Idempotency-Key` buy a second ticket on another instance. So a stall of up to
+/// three call timeouts from a purchase's send keeps the breaker closed. Not longer: in a real
+/// outage the probe's wait comes out of the reserve lease, which bounds how long the fallback
+/// may sell (an outage with a 3 s lease must still be served; tests/fallback.rs).
+pub fn probe_bound(call_timeout: Duration) -> Duration {
+    call_timeout * 2
+}
+
 /// What [`Shared::confirm_outage`] does about a failure that needs confirming.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -282,7 +295,8 @@ impl Shared {
             }
             Verdict::Probe => {}
         }
-        if self.redis.ready(self.fence().as_ref()).await {
+        let bound = probe_bound(self.redis.timeout());
+        if self.redis.ready_within(self.fence().as_ref(), bound).await {
             self.answered_end_ms.store(self.now_ms(), Ordering::Release);
             self.answered.fetch_add(1, Ordering::AcqRel);
             self.redis.metrics().outage_unconfirmed();

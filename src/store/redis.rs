@@ -452,6 +452,13 @@ impl RedisStore {
     /// replicas as writes need acknowledge a write there. A read, not a PING: Redis answers
     /// PING while it is still loading its data after a restart, and refuses everything else.
     pub async fn ready(&self, fence: Option<&Key>) -> bool {
+        self.ready_within(fence, self.timeout).await
+    }
+
+    /// [`Self::ready`] with each of its round trips bounded by `bound` instead of the call
+    /// timeout (the breaker's confirming probe waits out a short stall; see
+    /// [`crate::store::fallback::probe_bound`]).
+    pub async fn ready_within(&self, fence: Option<&Key>, bound: Duration) -> bool {
         let pool = self.pool.get();
         if !pool.clients().iter().all(ClientLike::is_connected) {
             return false;
@@ -460,15 +467,12 @@ impl RedisStore {
         let answered = match fence {
             Some(fence) => {
                 let read = client.exists::<i64, _>(fence.clone());
-                matches!(timeout(self.timeout, read).await, Ok(Ok(_)))
+                matches!(timeout(bound, read).await, Ok(Ok(_)))
             }
-            None => matches!(
-                timeout(self.timeout, client.ping::<Value>(None)).await,
-                Ok(Ok(_))
-            ),
+            None => matches!(timeout(bound, client.ping::<Value>(None)).await, Ok(Ok(_))),
         };
         let ready = match fence {
-            Some(fence) if answered => self.replicated(client, fence, self.timeout).await.is_ok(),
+            Some(fence) if answered => self.replicated(client, fence, bound).await.is_ok(),
             _ => answered,
         };
         // Looked at again after the round trip: before it, a connection Redis closed a moment
