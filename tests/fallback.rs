@@ -579,42 +579,8 @@ async fn wait_for_ledger(
 /// as soon as the timeout is counted, well within the probe's bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
-    let redis = RedisServer::start();
-    let mut t = with_small_reserve(&redis, "h", "500ms").await;
-    let mut c = Conn::open(t.addr).await.unwrap();
-    let first = c.buy("h").await.unwrap();
-    assert_eq!(first.status, StatusCode::OK);
-    let mut received = HashSet::from([first.json()["ticket"].as_str().unwrap().to_owned()]);
-
-    redis.signal("STOP");
-    let addr = t.addr;
-    let stalled = tokio::spawn(async move {
-        let mut c = Conn::open(addr).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), c.buy("h"))
-            .await
-            .expect("no request hangs")
-            .unwrap()
-    });
-    t.wait_until(
-        |a| a.json()["redis"]["errors"]["timeout"].as_u64() >= Some(1),
-        "/metrics?format=json",
-    )
-    .await;
-    redis.signal("CONT");
-    let a = stalled.await.unwrap();
-    assert_eq!(a.status, StatusCode::OK, "sold on the second try: {a:?}");
-    assert!(received.insert(a.json()["ticket"].as_str().unwrap().to_owned()));
-
-    let m = t.metrics_json().await;
-    assert_eq!(
-        m["fallback"]["activations"], 0,
-        "the breaker stayed closed: {m}"
-    );
+    let m = stall_past_first_timeout("h", Duration::ZERO).await;
     assert!(m["redis"]["outages_unconfirmed"].as_u64() >= Some(1), "{m}");
-    assert_eq!(m["paths"]["fallback"]["sold"], 0, "{m}");
-    // The timed-out call was made void.
-    wait_for_ledger(&redis, "h", 1000, &received).await;
-    t.stop();
 }
 
 /// A stall of a healthy Redis longer than two call timeouts (the timeout, then a probe bounded
@@ -625,10 +591,18 @@ async fn a_timeout_redis_answers_right_after_does_not_open_the_breaker() {
 /// timeout; it fails with the probe bounded by the call timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_longer_than_two_call_timeouts_does_not_open_the_breaker() {
+    stall_past_first_timeout("s", Duration::from_millis(750)).await;
+}
+
+/// One ticketd (500 ms timeout) on a Redis that is SIGSTOPped while a purchase of `event` is
+/// sent, until that purchase's timeout is counted and `hold` more (the fault itself), then
+/// continued: the purchase must be sold in Redis with the breaker closed, and the timed-out
+/// call made void. Returns the metrics after it.
+async fn stall_past_first_timeout(event: &'static str, hold: Duration) -> serde_json::Value {
     let redis = RedisServer::start();
-    let mut t = with_small_reserve(&redis, "s", "500ms").await;
+    let mut t = with_small_reserve(&redis, event, "500ms").await;
     let mut c = Conn::open(t.addr).await.unwrap();
-    let first = c.buy("s").await.unwrap();
+    let first = c.buy(event).await.unwrap();
     assert_eq!(first.status, StatusCode::OK);
     let mut received = HashSet::from([first.json()["ticket"].as_str().unwrap().to_owned()]);
 
@@ -636,7 +610,7 @@ async fn a_stall_longer_than_two_call_timeouts_does_not_open_the_breaker() {
     let addr = t.addr;
     let stalled = tokio::spawn(async move {
         let mut c = Conn::open(addr).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(8), c.buy("s"))
+        tokio::time::timeout(Duration::from_secs(8), c.buy(event))
             .await
             .expect("no request hangs")
             .unwrap()
@@ -646,10 +620,14 @@ async fn a_stall_longer_than_two_call_timeouts_does_not_open_the_breaker() {
         "/metrics?format=json",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(750)).await;
+    tokio::time::sleep(hold).await;
     redis.signal("CONT");
     let a = stalled.await.unwrap();
-    assert_eq!(a.status, StatusCode::OK, "sold after the stall: {a:?}");
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "sold in Redis after the stall: {a:?}"
+    );
     assert!(received.insert(a.json()["ticket"].as_str().unwrap().to_owned()));
 
     let m = t.metrics_json().await;
@@ -658,8 +636,10 @@ async fn a_stall_longer_than_two_call_timeouts_does_not_open_the_breaker() {
         "the breaker stayed closed: {m}"
     );
     assert_eq!(m["paths"]["fallback"]["sold"], 0, "{m}");
-    wait_for_ledger(&redis, "s", 1000, &received).await;
+    // The timed-out call was made void.
+    wait_for_ledger(&redis, event, 1000, &received).await;
     t.stop();
+    m
 }
 
 /// Redis answering reads but no purchase (`CLIENT PAUSE WRITE`: the probe's read answers, the
