@@ -11,7 +11,8 @@
 -- KEYS[6] event:{id}:stale      SET of tickets recorded as sold by a late settlement while they
 --                               still sat in the pool (see settle.lua): skipped when popped
 -- ARGV[1] batch id, unique per call ("<instance>.<run>:<n>")
--- ARGV[2] purchases in the batch, n >= 1
+-- ARGV[2] purchases in the batch, n >= 1 (anonymous calls on a single Redis may carry several
+--         events: see the end of this file)
 -- With buyers (ARGV[3] present): see `buyers` below: KEYS[7..9] and
 -- ARGV[3..], and a fifth reply element.
 --
@@ -233,50 +234,78 @@ local function buyers(reserved)
   return {1, unsold, reserved, tickets, said}
 end
 
-local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
-if #ARGV > 2 then
-  return buyers(reserved)
-end
-local prior = redis.call('HGET', KEYS[3], ARGV[1])
-if prior then
-  local unsold = redis.call('LLEN', KEYS[1]) + reserved
-  if prior == '!' then
-    return {-1, unsold, reserved, ''}
+-- Anonymous purchases of one event: KEYS[base + 1..base + 6] as KEYS[1..6] above, n of them;
+-- appends the event's {status, unsold, reserved, tickets} to `out`.
+local function anonymous(base, n, record, out)
+  local tickets_key, reserved_key, stale = KEYS[base + 1], KEYS[base + 5], KEYS[base + 6]
+  local reserved = tonumber(redis.call('GET', reserved_key) or '0')
+  local prior = redis.call('HGET', KEYS[base + 3], ARGV[1])
+  if prior then
+    local unsold = redis.call('LLEN', tickets_key) + reserved
+    if prior == '!' then
+      prior = ''
+      out[#out + 1] = -1
+    else
+      out[#out + 1] = 2
+    end
+    out[#out + 1] = unsold
+    out[#out + 1] = reserved
+    out[#out + 1] = prior
+    return
   end
-  return {2, unsold, reserved, prior}
-end
-local n = tonumber(ARGV[2])
-local popped = redis.call('LPOP', KEYS[1], n)
-if popped and redis.call('EXISTS', KEYS[6]) == 1 then
-  -- Rare: an operator released a held-back reserve and its owner then settled sales from it.
-  local fresh = {}
-  while popped do
-    for _, ticket in ipairs(popped) do
-      if redis.call('SREM', KEYS[6], ticket) == 0 then
-        fresh[#fresh + 1] = ticket
+  local popped = redis.call('LPOP', tickets_key, n)
+  if popped and redis.call('EXISTS', stale) == 1 then
+    -- Rare: an operator released a held-back reserve and its owner then settled sales from it.
+    local fresh = {}
+    while popped do
+      for _, ticket in ipairs(popped) do
+        if redis.call('SREM', stale, ticket) == 0 then
+          fresh[#fresh + 1] = ticket
+        end
       end
+      if #fresh == n then
+        break
+      end
+      popped = redis.call('LPOP', tickets_key, n - #fresh)
     end
-    if #fresh == n then
-      break
-    end
-    popped = redis.call('LPOP', KEYS[1], n - #fresh)
+    popped = #fresh > 0 and fresh
   end
-  popped = #fresh > 0 and fresh
-end
-if not popped then
-  if redis.call('EXISTS', KEYS[4]) == 0 then
-    return {-2, 0, 0, ''}
+  if not popped then
+    local missing = redis.call('EXISTS', KEYS[base + 4]) == 0
+    out[#out + 1] = missing and -2 or 1
+    out[#out + 1] = missing and 0 or reserved
+    out[#out + 1] = missing and 0 or reserved
+    out[#out + 1] = ''
+    return
   end
-  return {1, reserved, reserved, ''}
+  local ledger = {}
+  for k, ticket in ipairs(popped) do
+    ledger[2 * k - 1] = ticket
+    ledger[2 * k] = record
+  end
+  redis.call('HSET', KEYS[base + 2], unpack(ledger))
+  local tickets = table.concat(popped, ' ')
+  redis.call('HSET', KEYS[base + 3], ARGV[1], tickets)
+  out[#out + 1] = 1
+  out[#out + 1] = redis.call('LLEN', tickets_key) + reserved
+  out[#out + 1] = reserved
+  out[#out + 1] = tickets
 end
+
+if #ARGV > 2 then
+  return buyers(tonumber(redis.call('GET', KEYS[5]) or '0'))
+end
+-- Anonymous purchases of one event or, on a single Redis, of several: ARGV[2] is then the
+-- count of each event's purchases, space-separated, and KEYS holds six keys per event in the
+-- same order. Each event's part is what a call for that event alone would do, under the one
+-- batch id (recorded in each event's batches hash), and the reply holds its four values in
+-- turn. A round of purchases spread over many events is then one script call, not one each.
 local now = redis.call('TIME')
 local record = ARGV[1] .. ' ' .. (now[1] * 1000 + math.floor(now[2] / 1000))
-local ledger = {}
-for k, ticket in ipairs(popped) do
-  ledger[2 * k - 1] = ticket
-  ledger[2 * k] = record
+local out = {}
+local e = 0
+for n in string.gmatch(ARGV[2], '%d+') do
+  anonymous(6 * e, tonumber(n), record, out)
+  e = e + 1
 end
-redis.call('HSET', KEYS[2], unpack(ledger))
-local tickets = table.concat(popped, ' ')
-redis.call('HSET', KEYS[3], ARGV[1], tickets)
-return {1, redis.call('LLEN', KEYS[1]) + reserved, reserved, tickets}
+return out

@@ -122,7 +122,7 @@ pub async fn run(
         queue_timeout: args.queue_timeout,
         replica_acks: args.redis_replica_acks.unwrap_or(0),
         buyers: buyer_policy(&args),
-        bind_keys_in_script: true,
+        single_node: true,
     };
     let pool = build_pool(&redis)?;
     pool.connect_pool();
@@ -163,7 +163,7 @@ pub async fn run(
             // A failover must not lose an acknowledged sale: one replica holds it first.
             replica_acks: args.redis_replica_acks.unwrap_or(1),
             // A key's binding lives in the buyer's slot, on any shard: bound before the call.
-            bind_keys_in_script: false,
+            single_node: false,
             ..redis
         };
         let replica_acks = redis.replica_acks;

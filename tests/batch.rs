@@ -229,3 +229,144 @@ async fn a_buyer_gone_during_the_call_gets_its_ticket_put_back() {
     let batches: HashMap<String, String> = r.hgetall("event:{1}:batches").await.unwrap();
     assert_eq!(batches.values().collect::<Vec<_>>(), ["1-000001"]); // what a re-sent call answers
 }
+
+/// Runs `purchase.lua` anonymously for several events in one call (`args`: the batch id and the
+/// events' counts, space-separated); the reply flattened to strings.
+async fn call_events(r: &Client, ids: &[&str], args: &[&str]) -> Vec<String> {
+    let keys: Vec<_> = ids
+        .iter()
+        .flat_map(|id| EventKeys::new(id).script_keys())
+        .collect();
+    let args = args.iter().map(|a| Value::from(*a)).collect();
+    let reply: Vec<Value> = LuaScript::new(PURCHASE)
+        .run(r, keys, args, || {})
+        .await
+        .unwrap();
+    reply
+        .iter()
+        .map(|v| v.as_string().expect("integer or string"))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_call_sells_several_events_each_as_if_alone() {
+    let redis = RedisServer::start();
+    let (_store, _event, _) = store(&redis, "1", 3, 1).await;
+    let r = redis.client().await;
+    let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
+    pool.init().await.unwrap();
+    seed_event(&pool, "2", 2, false).await.unwrap();
+    let buy = |batch: &'static str| {
+        let r = r.clone();
+        async move { call_events(&r, &["1", "2", "nope"], &[batch, "2 3 1"]).await }
+    };
+
+    // Four values per event, in turn: two of event 1, the last two of event 2 (the third found
+    // the pool empty), and the event Redis does not have.
+    let first = [
+        "1",
+        "1",
+        "0",
+        "1-000001 1-000002", //
+        "1",
+        "0",
+        "0",
+        "2-000001 2-000002", //
+        "-2",
+        "0",
+        "0",
+        "",
+    ];
+    assert_eq!(buy("m1").await, first);
+    // Re-sent: each event answers the same tickets again, nothing popped.
+    assert_eq!(
+        buy("m1").await,
+        [
+            "2",
+            "1",
+            "0",
+            "1-000001 1-000002", //
+            "2",
+            "0",
+            "0",
+            "2-000001 2-000002", //
+            "-2",
+            "0",
+            "0",
+            "",
+        ]
+    );
+    // The batch id is recorded per event: voiding it in event 2 leaves event 1's sale.
+    assert_eq!(call(&r, CANCEL, "2", &["m1"]).await, ["2"]);
+    assert_eq!(
+        buy("m1").await,
+        [
+            "2",
+            "1",
+            "0",
+            "1-000001 1-000002", //
+            "-1",
+            "2",
+            "0",
+            "", //
+            "-2",
+            "0",
+            "0",
+            "",
+        ]
+    );
+    assert_eq!(r.hlen::<u64, _>("event:{1}:sold").await.unwrap(), 2);
+    assert_eq!(r.hlen::<u64, _>("event:{2}:sold").await.unwrap(), 0);
+    assert_eq!(r.llen::<u64, _>("event:{2}:tickets").await.unwrap(), 2);
+}
+
+// A current-thread runtime: every purchase below queues its order before any batcher runs.
+#[tokio::test]
+async fn purchases_of_many_events_share_script_calls() {
+    let redis = RedisServer::start();
+    let (events, per) = (100, 3);
+    let ids: Vec<String> = (0..events).map(|e| format!("e{e}")).collect();
+    let options = RedisOptions {
+        pool_size: 1,
+        timeout: Duration::from_secs(5),
+        ..RedisOptions::new(redis.url())
+    };
+    let pool = build_pool(&options).unwrap();
+    pool.init().await.unwrap();
+    for id in &ids {
+        seed_event(&pool, id, 10, false).await.unwrap();
+    }
+    let metrics = Arc::new(Metrics::new());
+    let catalog = Catalog::new(ids.iter().map(|id| (id.as_str(), 10)));
+    let store = RedisStore::new(pool, &options, metrics.clone(), Ids::random());
+    let wanted: Vec<Arc<Event>> = ids
+        .iter()
+        .flat_map(|id| std::iter::repeat_n(catalog.get(id).unwrap(), per))
+        .collect();
+    let mut purchases: Vec<_> = wanted
+        .iter()
+        .map(|event| Box::pin(store.purchase(event)))
+        .collect();
+    for p in &mut purchases {
+        poll_once(p.as_mut()).await;
+    }
+    let sales = futures_util::future::join_all(purchases).await;
+
+    let mut sold: HashMap<&str, HashSet<u64>> = HashMap::new();
+    for (event, sale) in wanted.iter().zip(sales) {
+        let Sale::Sold { ticket, remaining } = sale.unwrap() else {
+            panic!("sold out early")
+        };
+        let mine = sold.entry(&event.id).or_default();
+        assert!(mine.insert(ticket), "{} sold {ticket} twice", event.id);
+        assert_eq!(remaining, 10 - mine.len() as u64, "as if sold one by one");
+    }
+    // 300 purchases of 100 events: one call per 64 events (192 purchases), not one per event.
+    assert_eq!(metrics.redis_batches(), 2);
+    let r = redis.client().await;
+    for id in &ids {
+        assert_eq!(sold[id.as_str()], (1..=per as u64).collect());
+        let key = format!("event:{{{id}}}:sold");
+        assert_eq!(r.hlen::<u64, _>(key).await.unwrap(), per as u64);
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! One batcher task per pooled connection takes every purchase queued for it, sends them as one
 //! script call per event (at most [`SCRIPT_MAX`] purchases each, all calls of a round pipelined
-//! in one write), and waits for the answers before it takes the next round. While a round is in
+//! in one write; on a single Redis, one anonymous call carries the batches of up to
+//! [`CALL_EVENTS`] events), and waits for the answers before it takes the next round. While a round is in
 //! Redis the next one gathers, so a batch is as large as the purchases that arrived during one
 //! round trip: one purchase when the server is idle (no added wait, no timer), about a hundred
 //! under a flash sale. Redis then runs one script, and ticketd writes one short command and
@@ -72,9 +73,10 @@ struct Context {
     replica_acks: u32,
     /// The per-buyer limit and key lifetime, passed to calls that carry buyers.
     policy: BuyerPolicy,
-    /// Whether the purchase script binds each key to its event itself (a single Redis: the
-    /// binding's key may be in any slot); on a cluster the store binds them before the call.
-    bind_keys: bool,
+    /// Whether this is a single Redis, where a script may take keys of any slot: the purchase
+    /// script then binds each key to its event itself (on a cluster the store binds them before
+    /// the call), and one anonymous call carries several events' batches.
+    single_node: bool,
     metrics: Arc<Metrics>,
     cancels: Cancels,
     ids: Arc<Ids>,
@@ -98,7 +100,7 @@ impl Batcher {
         bound: Duration,
         replica_acks: u32,
         policy: BuyerPolicy,
-        bind_keys: bool,
+        single_node: bool,
         metrics: Arc<Metrics>,
         cancels: Cancels,
         ids: Arc<Ids>,
@@ -108,7 +110,7 @@ impl Batcher {
             timeout: bound,
             replica_acks,
             policy,
-            bind_keys,
+            single_node,
             metrics,
             cancels,
             ids,
@@ -183,39 +185,17 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     }
     // Group by event (a round usually holds one or a few), keeping arrival order within each.
     orders.sort_by_key(|o| Arc::as_ptr(&o.event) as usize);
-    let batches: Vec<(Range<usize>, Bytes)> = batches(orders)
+    let batches = batches(orders);
+    let calls: Vec<(Range<usize>, Bytes)> = calls(orders, &batches, cx.single_node)
         .into_iter()
-        .map(|range| (range, cx.ids.id(cx.ids.next())))
+        .map(|call| (call, cx.ids.id(cx.ids.next())))
         .collect();
-    let calls = batches.iter().map(|(range, id)| {
+    let sent = calls.iter().map(|(call, id)| {
         cx.metrics.redis_batch();
-        let batch = &orders[range.clone()];
-        let mut args = vec![Value::Bytes(id.clone()), Value::Integer(range.len() as i64)];
-        let keys = if batch.iter().any(|o| o.who.is_some()) {
-            // Buyers: the limit, the key lifetime, the event when the script binds keys, then
-            // (buyer, key) per purchase; the bindings' keys after the event's.
-            let event = &batch[0].event;
-            let mut keys = event.keys.buyer_script_keys();
-            args.reserve(3 + 2 * batch.len());
-            args.push(Value::Integer(i64::from(cx.policy.limit())));
-            args.push(Value::Integer(cx.policy.key_ttl_ms()));
-            args.push(Value::from(if cx.bind_keys { &*event.id } else { "" }));
-            for o in batch {
-                let (buyer, key) = o
-                    .who
-                    .as_deref()
-                    .map_or(("", ""), |w| (&*w.buyer, w.key_str()));
-                args.push(Value::from(buyer));
-                args.push(Value::from(key));
-                if cx.bind_keys {
-                    if let Some(binding) = o.who.as_deref().and_then(Purchaser::claim_key) {
-                        keys.push(binding.into());
-                    }
-                }
-            }
-            keys
+        let (keys, args) = if call.len() == 1 {
+            one_event(&orders[batches[call.start].clone()], id, cx)
         } else {
-            batch[0].event.keys.script_keys()
+            many_events(orders, &batches[call.clone()], id)
         };
         cx.script
             .run::<Value>(client, keys, args, || cx.metrics.script_reloaded())
@@ -223,9 +203,10 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     // One span per call, only for calls that carry a sampled purchase: nothing to build (and no
     // allocation) when tracing is off or nothing in the round was sampled.
     let mut spans = if crate::otel::enabled() && orders.iter().any(|o| o.trace.is_some()) {
-        batches
+        calls
             .iter()
-            .map(|(range, _)| {
+            .map(|(call, _)| {
+                let range = batches[call.start].start..batches[call.end - 1].end;
                 let carried = orders[range.clone()]
                     .iter()
                     .filter_map(|o| o.trace.as_deref());
@@ -237,7 +218,7 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     }
     .into_iter();
     let started = tokio::time::Instant::now();
-    let mut replies = timeout(cx.timeout, futures_util::future::join_all(calls))
+    let mut replies = timeout(cx.timeout, futures_util::future::join_all(sent))
         .await
         .map(Vec::into_iter);
     // The sales count only once the replicas hold them: a primary that fails over after
@@ -245,15 +226,14 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
     let mut unreplicated = None;
     if cx.replica_acks > 0 && replies.is_ok() {
         let left = cx.timeout.saturating_sub(started.elapsed());
-        let fence = &orders[batches[0].0.start].event.keys.fence;
+        let fence = &orders[0].event.keys.fence;
         if let Err(e) = crate::store::pool::replicated(client, fence, cx.replica_acks, left).await {
             unreplicated = Some(e);
         }
     }
     let mut outage = false;
     let mut orders = orders.drain(..);
-    for (range, id) in batches {
-        let batch: Vec<Order> = orders.by_ref().take(range.len()).collect();
+    for (call, id) in calls {
         let reply = match &mut replies {
             Ok(replies) => replies
                 .next()
@@ -265,39 +245,121 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
             (Some(e), Ok(_)) => Err(e.clone()),
             (_, reply) => reply,
         };
-        let reply = reply
-            .and_then(|v| Reply::parse(&v, &batch[0].event))
+        let events = call.len();
+        let mut parts = reply.and_then(|v| split(v, events));
+        let span = spans.next();
+        let (mut sold, mut failed) = (0, None);
+        for (j, range) in batches[call].iter().enumerate() {
+            let batch: Vec<Order> = orders.by_ref().take(range.len()).collect();
+            let reply = match &mut parts {
+                Ok(parts) => Reply::parse(&parts[j], &batch[0].event),
+                Err(e) => Err(e.clone()),
+            }
             .and_then(|r| r.fits(batch.len()));
-        if let Some(span) = spans.next() {
-            record_call(&span, &reply);
-        }
-        match reply {
-            Ok(reply) => answer(batch, &reply, id, cx),
-            Err(e) => {
-                outage |= e.is_outage();
-                // Redis refusing a call before running it (MOVED, CLUSTERDOWN...) proves it
-                // sold nothing only when nothing was re-sent: fred re-sends nothing when
-                // replicas must acknowledge (the cluster's setting).
-                if !(e.never_ran() && cx.replica_acks > 0) {
-                    // The call may have run: make the batch void, whatever it sold.
-                    cx.cancels.void(&batch[0].event, id, batch.len() as u64);
-                }
-                for order in batch {
-                    let _ = order.reply.send(Err(e.clone()));
+            match &reply {
+                Ok(r) => sold += r.tickets.len(),
+                Err(e) => failed = Some(e.clone()),
+            }
+            match reply {
+                Ok(reply) => answer(batch, &reply, id.clone(), cx),
+                Err(e) => {
+                    outage |= e.is_outage();
+                    // Redis refusing a call before running it (MOVED, CLUSTERDOWN...) proves it
+                    // sold nothing only when nothing was re-sent: fred re-sends nothing when
+                    // replicas must acknowledge (the cluster's setting).
+                    if !(e.never_ran() && cx.replica_acks > 0) {
+                        // The call may have run: make the batch void, whatever it sold.
+                        cx.cancels
+                            .void(&batch[0].event, id.clone(), batch.len() as u64);
+                    }
+                    for order in batch {
+                        let _ = order.reply.send(Err(e.clone()));
+                    }
                 }
             }
+        }
+        if let Some(span) = span {
+            record_call(&span, sold, failed.as_ref());
         }
     }
     outage
 }
 
-/// Records on the span of one script call what it sold, or why it failed.
-fn record_call(span: &Span, reply: &Result<Reply, StoreError>) {
-    match reply {
-        Ok(reply) => {
-            span.record("ticketd.batch.sold", reply.tickets.len());
+/// The keys and arguments of a call for one event's `batch`: anonymous, or with buyers (the
+/// limit, the key lifetime, the event when the script binds keys, then (buyer, key) per
+/// purchase; the bindings' keys after the event's).
+fn one_event(batch: &[Order], id: &Bytes, cx: &Context) -> (Vec<fred::types::Key>, Vec<Value>) {
+    let mut args = vec![Value::Bytes(id.clone()), Value::Integer(batch.len() as i64)];
+    let event = &batch[0].event;
+    if !batch.iter().any(|o| o.who.is_some()) {
+        return (event.keys.script_keys(), args);
+    }
+    let mut keys = event.keys.buyer_script_keys();
+    args.reserve(3 + 2 * batch.len());
+    args.push(Value::Integer(i64::from(cx.policy.limit())));
+    args.push(Value::Integer(cx.policy.key_ttl_ms()));
+    args.push(Value::from(if cx.single_node { &*event.id } else { "" }));
+    for o in batch {
+        let (buyer, key) = o
+            .who
+            .as_deref()
+            .map_or(("", ""), |w| (&*w.buyer, w.key_str()));
+        args.push(Value::from(buyer));
+        args.push(Value::from(key));
+        if cx.single_node {
+            if let Some(binding) = o.who.as_deref().and_then(Purchaser::claim_key) {
+                keys.push(binding.into());
+            }
         }
-        Err(e) => spans::record_error(span, e),
+    }
+    (keys, args)
+}
+
+/// The keys and arguments of one anonymous call for several events (`batches` of `orders`, one
+/// per event): six keys per event, and the purchases of each event, space-separated.
+fn many_events(
+    orders: &[Order],
+    batches: &[Range<usize>],
+    id: &Bytes,
+) -> (Vec<fred::types::Key>, Vec<Value>) {
+    let mut keys = Vec::with_capacity(6 * batches.len());
+    let mut counts = String::with_capacity(4 * batches.len());
+    for range in batches {
+        keys.extend(orders[range.start].event.keys.script_keys());
+        if !counts.is_empty() {
+            counts.push(' ');
+        }
+        counts.push_str(itoa::Buffer::new().format(range.len()));
+    }
+    (keys, vec![Value::Bytes(id.clone()), Value::from(counts)])
+}
+
+/// The reply of a call for `events` events as one reply per event: the call's own reply for
+/// one, and four values each, in turn, for several.
+fn split(reply: Value, events: usize) -> Result<Vec<Value>, StoreError> {
+    if events == 1 {
+        return Ok(vec![reply]);
+    }
+    let bad = || StoreError::Protocol(format!("a purchase reply for {events} events"));
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    if items.len() != 4 * events {
+        return Err(bad());
+    }
+    let mut items = items.into_iter();
+    Ok((0..events)
+        .map(|_| Value::Array(items.by_ref().take(4).collect()))
+        .collect())
+}
+
+/// Records on the span of one script call what it sold, or why it failed.
+fn record_call(span: &Span, sold: usize, failed: Option<&StoreError>) {
+    match failed {
+        None => {
+            span.record("ticketd.batch.sold", sold);
+        }
+        Some(e) => spans::record_error(span, e),
     }
 }
 
@@ -310,6 +372,38 @@ fn batches(orders: &[Order]) -> Vec<Range<usize>> {
             out.push(start..start + chunk.len());
             start += chunk.len();
         }
+    }
+    out
+}
+
+/// Most events one anonymous script call carries (six keys each).
+pub const CALL_EVENTS: usize = 64;
+
+/// The script calls of a round: ranges of `batches` (of `orders`, sorted by event), each one
+/// call. With `group` (a single Redis, where a script may take keys of any slot), consecutive
+/// anonymous batches of different events share a call, up to [`SCRIPT_MAX`] purchases and
+/// [`CALL_EVENTS`] events; otherwise, and for a batch with buyers, a batch is a call alone.
+fn calls(orders: &[Order], batches: &[Range<usize>], group: bool) -> Vec<Range<usize>> {
+    let anonymous = |r: &Range<usize>| orders[r.clone()].iter().all(|o| o.who.is_none());
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut size = 0;
+    for (i, range) in batches.iter().enumerate() {
+        if let Some(last) = out.last_mut() {
+            let prior = &batches[last.end - 1];
+            let joins = group
+                && last.len() < CALL_EVENTS
+                && size + range.len() <= SCRIPT_MAX
+                && anonymous(prior)
+                && anonymous(range)
+                && !Arc::ptr_eq(&orders[prior.start].event, &orders[range.start].event);
+            if joins {
+                last.end = i + 1;
+                size += range.len();
+                continue;
+            }
+        }
+        out.push(i..i + 1);
+        size = range.len();
     }
     out
 }
@@ -545,6 +639,48 @@ mod tests {
         assert!(batches(&[]).is_empty());
     }
 
+    #[test]
+    fn anonymous_batches_of_different_events_share_a_call_on_a_single_redis() {
+        let events: Vec<Arc<Event>> = (0..CALL_EVENTS + 2)
+            .map(|e| Arc::new(Event::new(&format!("e{e}"), 1000, e)))
+            .collect();
+        // Event 0: a full chunk and one more; then one purchase of each other event.
+        let mut orders: Vec<Order> = (0..SCRIPT_MAX + 1).map(|_| order(&events[0])).collect();
+        orders.extend(events[1..].iter().map(order));
+        let ranges = batches(&orders);
+        assert_eq!(ranges.len(), 2 + CALL_EVENTS + 1);
+        // The full chunk alone; event 0's last purchase with the next 63 events; the rest.
+        assert_eq!(
+            calls(&orders, &ranges, true),
+            vec![0..1, 1..1 + CALL_EVENTS, 1 + CALL_EVENTS..ranges.len()]
+        );
+        // A cluster's shard: one call per batch.
+        let alone: Vec<_> = (0..ranges.len()).map(|i| i..i + 1).collect();
+        assert_eq!(calls(&orders, &ranges, false), alone);
+        // A batch with buyers is a call of its own.
+        orders[SCRIPT_MAX + 2].who = Some(Arc::new(Purchaser::new("b", None)));
+        let split = calls(&orders, &ranges, true);
+        assert_eq!(split[..3], [0..1, 1..3, 3..4]);
+        // Two chunks of one event never share a call (the batch id is recorded per event).
+        let small: Vec<Order> = (0..3).map(|_| order(&events[0])).collect();
+        assert_eq!(calls(&small, &[0..1, 1..3], true), vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn a_reply_for_several_events_splits_four_values_each() {
+        let two = Value::Array(
+            [reply(1, 5, 0, "a-000001"), reply(-2, 0, 0, "")]
+                .into_iter()
+                .flat_map(|v| v.into_array())
+                .collect(),
+        );
+        let parts = split(two.clone(), 2).unwrap();
+        assert_eq!(parts, [reply(1, 5, 0, "a-000001"), reply(-2, 0, 0, "")]);
+        assert!(split(two, 3).is_err());
+        assert_eq!(split(Value::Null, 1).unwrap(), [Value::Null]);
+        assert!(split(Value::Null, 2).is_err());
+    }
+
     fn reply(status: i64, unsold: i64, reserved: i64, tickets: &str) -> Value {
         Value::Array(vec![
             Value::Integer(status),
@@ -619,7 +755,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             replica_acks: 0,
             policy: BuyerPolicy::default(),
-            bind_keys: true,
+            single_node: true,
             metrics: Arc::new(Metrics::new()),
             cancels: Cancels::new(),
             ids: Arc::new(Ids::random()),

@@ -49,10 +49,11 @@ pub struct RedisOptions {
     pub replica_acks: u32,
     /// The per-buyer limit and key lifetime.
     pub buyers: BuyerPolicy,
-    /// Whether the purchase script binds each `Idempotency-Key` to its event (a single Redis,
-    /// where the binding's key may be in any slot). A cluster's shard stores leave it to the
-    /// caller ([`RedisStore::claim`] on the shard of the binding's slot).
-    pub bind_keys_in_script: bool,
+    /// Whether this is a single Redis, where a script may take keys of any slot: the purchase
+    /// script then binds each `Idempotency-Key` to its event, and one anonymous call carries
+    /// several events' purchases. A cluster's shard stores leave the binding to the caller
+    /// ([`RedisStore::claim`] on the shard of the binding's slot) and call once per event.
+    pub single_node: bool,
 }
 
 impl RedisOptions {
@@ -66,7 +67,7 @@ impl RedisOptions {
             queue_timeout: Duration::from_secs(2),
             replica_acks: 0,
             buyers: BuyerPolicy::default(),
-            bind_keys_in_script: true,
+            single_node: true,
         }
     }
 }
@@ -153,7 +154,7 @@ impl RedisStore {
                 timeout,
                 options.replica_acks,
                 options.buyers,
-                options.bind_keys_in_script,
+                options.single_node,
                 metrics.clone(),
                 cancels.clone(),
                 ids.clone(),
@@ -161,7 +162,7 @@ impl RedisStore {
             pool,
             replica_acks: options.replica_acks,
             policy: options.buyers,
-            bind_keys: options.bind_keys_in_script,
+            bind_keys: options.single_node,
             timeout,
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             queue_timeout: options.queue_timeout,
