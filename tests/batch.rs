@@ -2,7 +2,8 @@
 //! its batch id makes a re-sent call answer the same tickets and a cancelled one sell nothing
 //! (`lua/cancel.lua` gives back exactly what nobody received); concurrent purchases share
 //! script calls and get `remaining` as if sold one by one; a buyer gone before the call is not
-//! sent, and one gone during the call has its ticket put back.
+//! sent, and one gone during the call has its ticket put back; on a single Redis one call sells
+//! the purchases of several events, each event's part as if called alone.
 
 mod support;
 
@@ -231,7 +232,7 @@ async fn a_buyer_gone_during_the_call_gets_its_ticket_put_back() {
 }
 
 /// Runs `purchase.lua` anonymously for several events in one call (`args`: the batch id and the
-/// events' counts, space-separated); the reply flattened to strings.
+/// events' counts, space-separated); the reply as one `status|unsold|reserved|tickets` per event.
 async fn call_events(r: &Client, ids: &[&str], args: &[&str]) -> Vec<String> {
     let keys: Vec<_> = ids
         .iter()
@@ -242,10 +243,11 @@ async fn call_events(r: &Client, ids: &[&str], args: &[&str]) -> Vec<String> {
         .run(r, keys, args, || {})
         .await
         .unwrap();
-    reply
+    let values: Vec<String> = reply
         .iter()
         .map(|v| v.as_string().expect("integer or string"))
-        .collect()
+        .collect();
+    values.chunks(4).map(|part| part.join("|")).collect()
 }
 
 #[tokio::test]
@@ -261,60 +263,25 @@ async fn one_call_sells_several_events_each_as_if_alone() {
         async move { call_events(&r, &["1", "2", "nope"], &[batch, "2 3 1"]).await }
     };
 
-    // Four values per event, in turn: two of event 1, the last two of event 2 (the third found
-    // the pool empty), and the event Redis does not have.
+    // Per event, in turn: two tickets of event 1, the last two of event 2 (the third purchase
+    // found the pool empty), and the event Redis does not have.
     let first = [
-        "1",
-        "1",
-        "0",
-        "1-000001 1-000002", //
-        "1",
-        "0",
-        "0",
-        "2-000001 2-000002", //
-        "-2",
-        "0",
-        "0",
-        "",
+        "1|1|0|1-000001 1-000002",
+        "1|0|0|2-000001 2-000002",
+        "-2|0|0|",
     ];
     assert_eq!(buy("m1").await, first);
     // Re-sent: each event answers the same tickets again, nothing popped.
-    assert_eq!(
-        buy("m1").await,
-        [
-            "2",
-            "1",
-            "0",
-            "1-000001 1-000002", //
-            "2",
-            "0",
-            "0",
-            "2-000001 2-000002", //
-            "-2",
-            "0",
-            "0",
-            "",
-        ]
-    );
+    let again = [
+        "2|1|0|1-000001 1-000002",
+        "2|0|0|2-000001 2-000002",
+        "-2|0|0|",
+    ];
+    assert_eq!(buy("m1").await, again);
     // The batch id is recorded per event: voiding it in event 2 leaves event 1's sale.
     assert_eq!(call(&r, CANCEL, "2", &["m1"]).await, ["2"]);
-    assert_eq!(
-        buy("m1").await,
-        [
-            "2",
-            "1",
-            "0",
-            "1-000001 1-000002", //
-            "-1",
-            "2",
-            "0",
-            "", //
-            "-2",
-            "0",
-            "0",
-            "",
-        ]
-    );
+    let voided = ["2|1|0|1-000001 1-000002", "-1|2|0|", "-2|0|0|"];
+    assert_eq!(buy("m1").await, voided);
     assert_eq!(r.hlen::<u64, _>("event:{1}:sold").await.unwrap(), 2);
     assert_eq!(r.hlen::<u64, _>("event:{2}:sold").await.unwrap(), 0);
     assert_eq!(r.llen::<u64, _>("event:{2}:tickets").await.unwrap(), 2);
