@@ -390,12 +390,19 @@ fn calls(orders: &[Order], batches: &[Range<usize>], group: bool) -> Vec<Range<u
     for (i, range) in batches.iter().enumerate() {
         if let Some(last) = out.last_mut() {
             let prior = &batches[last.end - 1];
+            // Never one event id twice in a call, whatever the `Arc`s: after a capacity change
+            // the catalogue holds a new `Event` for the id while orders of the old one still
+            // queue, and the second part of one call under the same batch id would answer the
+            // first part's tickets again (a re-sent call's answer) to other buyers.
+            let id = &orders[range.start].event.id;
             let joins = group
                 && last.len() < CALL_EVENTS
                 && size + range.len() <= SCRIPT_MAX
                 && anonymous(prior)
                 && anonymous(range)
-                && !Arc::ptr_eq(&orders[prior.start].event, &orders[range.start].event);
+                && batches[last.clone()]
+                    .iter()
+                    .all(|r| orders[r.start].event.id != *id);
             if joins {
                 last.end = i + 1;
                 size += range.len();
@@ -661,9 +668,18 @@ mod tests {
         orders[SCRIPT_MAX + 2].who = Some(Arc::new(Purchaser::new("b", None)));
         let split = calls(&orders, &ranges, true);
         assert_eq!(split[..3], [0..1, 1..3, 3..4]);
-        // Two chunks of one event never share a call (the batch id is recorded per event).
+        // Two chunks of one event never share a call (the batch id is recorded per event), nor
+        // do two `Event`s of one id (the catalogue's old and new one after a capacity change),
+        // wherever they sit in the call.
         let small: Vec<Order> = (0..3).map(|_| order(&events[0])).collect();
         assert_eq!(calls(&small, &[0..1, 1..3], true), vec![0..1, 1..2]);
+        let again = Arc::new(Event::new("e0", 2000, 0));
+        let mixed: Vec<Order> = [&events[0], &events[1], &again, &events[2]]
+            .into_iter()
+            .map(order)
+            .collect();
+        let ranges = [0..1, 1..2, 2..3, 3..4];
+        assert_eq!(calls(&mixed, &ranges, true), vec![0..2, 2..4]);
     }
 
     #[test]
