@@ -4,10 +4,10 @@
 //! One batcher task per pooled connection takes every purchase queued for it, sends them as one
 //! script call per event (at most [`SCRIPT_MAX`] purchases each, all calls of a round pipelined
 //! in one write; on a single Redis, one anonymous call carries the batches of up to
-//! [`CALL_EVENTS`] events), and waits for the answers before it takes the next round. While a round is in
-//! Redis the next one gathers, so a batch is as large as the purchases that arrived during one
-//! round trip: one purchase when the server is idle (no added wait, no timer), about a hundred
-//! under a flash sale. Redis then runs one script, and ticketd writes one short command and
+//! [`CALL_EVENTS`] events), and waits for the answers before it takes the next round. While a
+//! round is in Redis the next one gathers, so a batch is as large as the purchases that arrived
+//! during one round trip: one purchase when the server is idle (no added wait, no timer), about
+//! a hundred under a flash sale. Redis then runs one script, and ticketd writes one short command and
 //! reads one short reply, for all of them (design.md, Measurements).
 //!
 //! A call carries its own batch id, which the script records with the tickets it sold, so a
