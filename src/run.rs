@@ -336,12 +336,15 @@ async fn prepare(pool: &Pool, args: &ServeArgs, catalog: &Catalog) -> bool {
         // A cluster's primaries are checked one by one as their shards start.
         check_durability(pool.next(), "").await;
     }
-    // Load the purchase script before the first buyer, so a cold start does not answer a burst
-    // of NOSCRIPT (each recovered, but counted as reloads).
-    let purchase = crate::store::scripts::LuaScript::new(crate::store::scripts::PURCHASE);
-    if let Err(e) = purchase.load(pool.next()).await {
-        tracing::warn!(error = %e, "cannot load the purchase script; will retry");
-        return false;
+    // Load the scripts that run from the start before the first buyer, heartbeat and snapshot,
+    // so a cold start does not answer a burst of NOSCRIPT (each recovered, but counted as
+    // reloads).
+    use crate::store::scripts::{LuaScript, CLAIM, COUNTS, PURCHASE};
+    for lua in [PURCHASE, CLAIM, COUNTS] {
+        if let Err(e) = LuaScript::new(lua).load(pool.next()).await {
+            tracing::warn!(error = %e, "cannot load the Lua scripts; will retry");
+            return false;
+        }
     }
     for (id, capacity) in args.events.iter() {
         match seed_event(pool, id, capacity, false).await {

@@ -20,6 +20,8 @@ pub const SETTLE: &str = include_str!("../../lua/settle.lua");
 /// `lua/release.lua`: hands an instance's reserve back to the pool (its own, or a held-back one
 /// by an operator's decision).
 pub const RELEASE: &str = include_str!("../../lua/release.lua");
+/// `lua/counts.lua`: unsold and held-back tickets of many events, read only (a single Redis).
+pub const COUNTS: &str = include_str!("../../lua/counts.lua");
 /// `lua/quarantine.lua`: holds back the reserve of an instance whose lease expired.
 pub const QUARANTINE: &str = include_str!("../../lua/quarantine.lua");
 
