@@ -1,73 +1,114 @@
--- Heartbeat and top-up of one instance's fallback reserve for one event.
+-- Heartbeat and top-up of one instance's fallback reserves, for one event or (on a single
+-- Redis, where a script may take keys of any slot) several.
 --
--- KEYS[1] event:{id}:tickets               the shared pool
--- KEYS[2] event:{id}:reserve:<instance>    LIST: tickets this instance holds back
--- KEYS[3] event:{id}:leases                ZSET instance -> lease expiry (unix ms, Redis clock)
--- KEYS[4] event:{id}:reserved              STRING: tickets held in all live reserves
--- KEYS[5] event:{id}:meta                  present once the event is seeded
--- KEYS[6] event:{id}:held                  HASH instance -> tickets of its held-back reserve
--- KEYS[7] event:{id}:stale                 SET of tickets sold by a late settlement
+-- Seven keys per event; for event i, k = 7(i-1):
+-- KEYS[k+1] event:{id}:tickets               the shared pool
+-- KEYS[k+2] event:{id}:reserve:<instance>    LIST: tickets this instance holds back
+-- KEYS[k+3] event:{id}:leases                ZSET instance -> lease expiry (unix ms, Redis clock)
+-- KEYS[k+4] event:{id}:reserved              STRING: tickets held in all live reserves
+-- KEYS[k+5] event:{id}:meta                  present once the event is seeded
+-- KEYS[k+6] event:{id}:held                  HASH instance -> tickets of its held-back reserve
+-- KEYS[k+7] event:{id}:stale                 SET of tickets sold by a late settlement
 -- ARGV[1] instance, ARGV[2] reserve size wanted, ARGV[3] lease (ms),
--- ARGV[4] reserve length the instance believes Redis holds
+-- ARGV[3+i] reserve length the instance believes Redis holds of event i
 --
--- Renews the lease. A reserve that was held back (quarantine.lua) while this instance could not
--- renew comes back to it: the instance settled its journal just before this call, so it knows
--- every ticket of the list it sold. Moves tickets from the pool into the reserve only while the
--- pool holds more than four reserves' worth, so reserves never take the last tickets of a sale.
--- Returns {status, now ms, pool length, moved, taken back, listed, ids...}: status 1, or -2 when
--- the event is not in Redis. listed is 1 when the ids that follow are the whole reserve (possibly
--- none: an empty reserve is news too), sent only when the reserve changed or its length is not
--- what the instance believes, so a plain heartbeat stays small; 0 otherwise.
-if redis.call('EXISTS', KEYS[5]) == 0 then
-  return {-2, 0, 0, 0, 0, 0}
-end
+-- For each event: renews the lease. A reserve that was held back (quarantine.lua) while this
+-- instance could not renew comes back to it: the instance settled its journal just before this
+-- call, so it knows every ticket of the list it sold. Moves tickets from the pool into the
+-- reserve only while the pool holds more than four reserves' worth, so reserves never take the
+-- last tickets of a sale. Each event's part is what a call for it alone does.
+--
+-- Returns, event after event, {status, now ms, pool length, moved, taken back, listed, ids,
+-- leases, the ids..., the leases...}: status 1, or -2 when the event is not in Redis (then
+-- nothing is written). listed is 1 when the ids are the whole reserve (possibly none: an empty
+-- reserve is news too), sent only when the reserve changed or its length is not what the
+-- instance believes, so a plain heartbeat stays small; 0 otherwise. The leases are the other
+-- instances' (instance, expiry) pairs, for the caller's watch of expired ones.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-local back = 0
-if redis.call('HEXISTS', KEYS[6], ARGV[1]) == 1 then
-  redis.call('HDEL', KEYS[6], ARGV[1])
-  back = redis.call('LLEN', KEYS[2])
-  redis.call('INCRBY', KEYS[4], back)
-end
-local stale = redis.call('EXISTS', KEYS[7]) == 1
-if stale then
-  -- Rare: tickets of this reserve that a late settlement recorded as sold.
-  for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    if redis.call('SREM', KEYS[7], id) == 1 then
-      redis.call('LREM', KEYS[2], 1, id)
-      redis.call('DECRBY', KEYS[4], 1)
+local me, size, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+
+local function leases(key)
+  local found = {}
+  local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  for j = 1, #all, 2 do
+    if all[j] ~= me then
+      found[#found + 1] = all[j]
+      found[#found + 1] = all[j + 1]
     end
   end
+  return found
 end
-local size = tonumber(ARGV[2])
-local have = redis.call('LLEN', KEYS[2])
-local pool = redis.call('LLEN', KEYS[1])
-local moved = 0
-local want = size - have
-if want > 0 and pool > 4 * size then
-  local ids = redis.call('LPOP', KEYS[1], want)
-  if ids and stale then
-    local fresh = {}
-    for _, id in ipairs(ids) do
-      if redis.call('SREM', KEYS[7], id) == 0 then
-        fresh[#fresh + 1] = id
-      end
-    end
-    ids = #fresh > 0 and fresh
+
+local function emit(head, ids, others)
+  for _, v in ipairs(head) do
+    out[#out + 1] = v
   end
-  if ids then
-    redis.call('RPUSH', KEYS[2], unpack(ids))
-    redis.call('INCRBY', KEYS[4], #ids)
-    moved = #ids
-  end
-  pool = redis.call('LLEN', KEYS[1])
-end
-local out = {1, now, pool, moved, back, 0}
-if moved > 0 or have ~= tonumber(ARGV[4]) then
-  out[6] = 1
-  for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  out[#out + 1] = #ids
+  out[#out + 1] = #others / 2
+  for _, id in ipairs(ids) do
     out[#out + 1] = id
   end
+  for _, v in ipairs(others) do
+    out[#out + 1] = v
+  end
+end
+
+local function claim(k, believed)
+  if redis.call('EXISTS', KEYS[k + 5]) == 0 then
+    emit({-2, 0, 0, 0, 0, 0}, {}, leases(KEYS[k + 3]))
+    return
+  end
+  redis.call('ZADD', KEYS[k + 3], now + lease, me)
+  local back = 0
+  if redis.call('HEXISTS', KEYS[k + 6], me) == 1 then
+    redis.call('HDEL', KEYS[k + 6], me)
+    back = redis.call('LLEN', KEYS[k + 2])
+    redis.call('INCRBY', KEYS[k + 4], back)
+  end
+  local stale = redis.call('EXISTS', KEYS[k + 7]) == 1
+  if stale then
+    -- Rare: tickets of this reserve that a late settlement recorded as sold.
+    for _, id in ipairs(redis.call('LRANGE', KEYS[k + 2], 0, -1)) do
+      if redis.call('SREM', KEYS[k + 7], id) == 1 then
+        redis.call('LREM', KEYS[k + 2], 1, id)
+        redis.call('DECRBY', KEYS[k + 4], 1)
+      end
+    end
+  end
+  local have = redis.call('LLEN', KEYS[k + 2])
+  local pool = redis.call('LLEN', KEYS[k + 1])
+  local moved = 0
+  local want = size - have
+  if want > 0 and pool > 4 * size then
+    local ids = redis.call('LPOP', KEYS[k + 1], want)
+    if ids and stale then
+      local fresh = {}
+      for _, id in ipairs(ids) do
+        if redis.call('SREM', KEYS[k + 7], id) == 0 then
+          fresh[#fresh + 1] = id
+        end
+      end
+      ids = #fresh > 0 and fresh
+    end
+    if ids then
+      redis.call('RPUSH', KEYS[k + 2], unpack(ids))
+      redis.call('INCRBY', KEYS[k + 4], #ids)
+      moved = #ids
+    end
+    pool = redis.call('LLEN', KEYS[k + 1])
+  end
+  local ids = {}
+  local listed = 0
+  if moved > 0 or have ~= believed then
+    listed = 1
+    ids = redis.call('LRANGE', KEYS[k + 2], 0, -1)
+  end
+  emit({1, now, pool, moved, back, listed}, ids, leases(KEYS[k + 3]))
+end
+
+for i = 1, #KEYS / 7 do
+  claim(7 * (i - 1), tonumber(ARGV[3 + i]))
 end
 return out

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cancel;
+pub mod claim;
 pub mod cluster;
 pub mod cursor;
 pub mod fallback;

@@ -65,10 +65,10 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     let reply = claim(client, 10, 0).await;
     assert_eq!(reply[3].as_i64(), Some(10), "moved");
     assert_eq!(reply[5].as_i64(), Some(1), "listed");
-    assert_eq!(reply.len(), 6 + 10);
+    assert_eq!(reply.len(), 8 + 10);
     // A heartbeat that changes nothing lists nothing.
     let reply = claim(client, 10, 10).await;
-    assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 6));
+    assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 8));
 
     // A hand-back of the 10 the owner settled: done.
     assert_eq!(release(client, 10).await, 10);
@@ -76,7 +76,7 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     let reply = claim(client, 0, 10).await;
     assert_eq!(
         (reply[5].as_i64(), reply.len()),
-        (Some(1), 6),
+        (Some(1), 8),
         "an empty list is news"
     );
 
@@ -89,4 +89,89 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     assert_eq!(held, 10, "the reserve is still there");
     let reserved: i64 = client.get("event:{r}:reserved").await.unwrap();
     assert_eq!(reserved, 10);
+}
+
+/// The seven keys of event `id` for instance `i`, in claim.lua's order.
+fn claim_keys(id: &str) -> Vec<String> {
+    [
+        "tickets",
+        "reserve:i",
+        "leases",
+        "reserved",
+        "meta",
+        "held",
+        "stale",
+    ]
+    .iter()
+    .map(|n| format!("event:{{{id}}}:{n}"))
+    .collect()
+}
+
+#[tokio::test]
+async fn one_claim_of_several_events_does_for_each_what_a_claim_of_it_alone_does() {
+    let redis = RedisServer::start();
+    let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
+    pool.init().await.unwrap();
+    seed_event(&pool, "e1", 100, false).await.unwrap();
+    seed_event(&pool, "e2", 100, false).await.unwrap();
+    let client = pool.next();
+    // Another instance holds a lease on e2.
+    let _: i64 = client
+        .custom(
+            fred::cmd!("ZADD"),
+            vec!["event:{e2}:leases", "1000000", "j"],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = ["e1", "gone", "e2"]
+        .iter()
+        .flat_map(|id| claim_keys(id))
+        .collect();
+    let args = vec![
+        Value::from("i"),
+        Value::Integer(10),
+        Value::Integer(10_000),
+        Value::Integer(0),
+        Value::Integer(0),
+        Value::Integer(0),
+    ];
+    let reply: Vec<Value> = LuaScript::new(CLAIM)
+        .run(client, keys, args, || ())
+        .await
+        .unwrap();
+    let ints = |r: &[Value]| r.iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>();
+    // e1: claimed, 10 moved and listed, no other lease.
+    assert_eq!(ints(&reply[..1]), [1]);
+    assert_eq!(ints(&reply[2..8]), [90, 10, 0, 1, 10, 0]);
+    let e1: Vec<String> = reply[8..18]
+        .iter()
+        .map(|v| v.as_string().unwrap())
+        .collect();
+    let reserve: Vec<String> = client.lrange("event:{e1}:reserve:i", 0, -1).await.unwrap();
+    assert_eq!(e1, reserve);
+    // gone: not in Redis, nothing written.
+    assert_eq!(ints(&reply[18..26]), [-2, 0, 0, 0, 0, 0, 0, 0]);
+    let exists: i64 = client.exists(claim_keys("gone")).await.unwrap();
+    assert_eq!(exists, 0);
+    // e2: claimed as e1 was, and j's lease (not this instance's own) reported.
+    assert_eq!(ints(&reply[26..27]), [1]);
+    assert_eq!(ints(&reply[28..34]), [90, 10, 0, 1, 10, 1]);
+    assert_eq!(reply.len(), 34 + 10 + 2);
+    assert_eq!(reply[44].as_string().as_deref(), Some("j"));
+    assert_eq!(reply[45].as_i64(), Some(1_000_000));
+    for id in ["e1", "e2"] {
+        let reserved: i64 = client
+            .get(format!("event:{{{id}}}:reserved"))
+            .await
+            .unwrap();
+        assert_eq!(reserved, 10, "{id}");
+        let lease: Option<f64> = client
+            .custom(
+                fred::cmd!("ZSCORE"),
+                vec![format!("event:{{{id}}}:leases"), "i".into()],
+            )
+            .await
+            .unwrap();
+        assert!(lease.is_some(), "{id}: this instance's lease");
+    }
 }

@@ -1,5 +1,6 @@
 //! Reserve upkeep is per event: one event whose keys Redis refuses (a damaged key) does not
-//! stop the lease renewal and top-up of the others.
+//! stop the lease renewal and top-up of the others, also when one claim call carries them all
+//! (a single Redis): the failed call is sent again one event at a time.
 
 mod support;
 

@@ -13,6 +13,7 @@ use fred::interfaces::ClientLike;
 use fred::types::Value;
 
 use crate::event::{Event, EventKeys};
+use crate::store::claim::{claim, value_i64, Claim, Claimed, CLAIM_EVENTS};
 use crate::store::fallback::{unix_ms, EventReserve, Shared};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::reserve::{FallbackSale, Reserve};
@@ -155,15 +156,23 @@ pub async fn run(s: Arc<Shared>) {
     }
 }
 
-/// Events whose upkeep is in flight at once. Each upkeep is a few calls in turn, and each call
-/// that writes waits for Redis's `fsync` (`appendfsync always`), so one event after the other
-/// took 8 s a round at 10,000 events (design.md, Measurements); this many overlap instead.
+/// Events whose upkeep is in flight at once on a cluster's shard, where a claim call carries
+/// one event. Each upkeep is a few calls in turn, and each call that writes waits for Redis's
+/// `fsync` (`appendfsync always`), so one event after the other took 8 s a round at 10,000
+/// events (design.md, Measurements); this many overlap instead.
 const UPKEEP_IN_FLIGHT: usize = 32;
 
-/// One upkeep of every event, [`UPKEEP_IN_FLIGHT`] events at a time. A failure of one event (a
-/// damaged key, a script error) is logged and the others go on; an outage ends the round once
-/// the upkeeps already started have finished (no new one starts), since every other call would
-/// fail as well.
+/// Claim calls in flight at once on a single Redis, each for up to [`CLAIM_EVENTS`] events: a
+/// round of 10,000 events is 157 calls, four of them waiting on Redis at a time, so a slow
+/// `fsync` (60 ms under a disk writer, design.md) still keeps a round within a few heartbeats
+/// while a purchase never queues behind more than four calls' work.
+const CLAIM_CALLS_IN_FLIGHT: usize = 4;
+
+/// One upkeep of every event: on a single Redis [`CLAIM_EVENTS`] events per claim call,
+/// [`CLAIM_CALLS_IN_FLIGHT`] calls at a time; on a cluster's shard one event per call,
+/// [`UPKEEP_IN_FLIGHT`] at a time. A failure of one event (a damaged key, a script error) is
+/// logged and the others go on; an outage ends the round once the upkeeps already started have
+/// finished (no new one starts), since every other call would fail as well.
 async fn maintain_all(
     s: &Shared,
     scripts: &Scripts,
@@ -173,122 +182,261 @@ async fn maintain_all(
     if !s.recovered.lock().is_empty() {
         crate::store::settle::settle_recovered(s, &scripts.settle).await?;
     }
-    let watch = parking_lot::Mutex::new(watch);
-    let outage = parking_lot::Mutex::new(None);
-    let upkeeps = s
-        .events()
-        .into_iter()
-        .map(|event| upkeep(s, scripts, event, &watch, &outage, errors));
+    let (per_call, in_flight) = if s.redis.binds_keys() {
+        (CLAIM_EVENTS, CLAIM_CALLS_IN_FLIGHT)
+    } else {
+        (1, UPKEEP_IN_FLIGHT)
+    };
+    let round = Round {
+        s,
+        scripts,
+        watch: parking_lot::Mutex::new(watch),
+        outage: parking_lot::Mutex::new(None),
+        errors,
+    };
+    let events = s.events();
     use futures_util::StreamExt as _;
-    futures_util::stream::iter(upkeeps)
-        .buffer_unordered(UPKEEP_IN_FLIGHT)
+    let groups = events.chunks(per_call).map(<[Arc<Event>]>::to_vec);
+    futures_util::stream::iter(groups.map(|group| round.upkeep(group)))
+        .buffer_unordered(in_flight)
         .for_each(|()| async {})
         .await;
-    match outage.into_inner() {
+    match round.outage.into_inner() {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-/// The upkeep of one event in [`maintain_all`]: none once an outage was seen (recorded in
-/// `outage`), the breaker opened or the store is stopping.
-async fn upkeep(
-    s: &Shared,
-    scripts: &Scripts,
-    event: Arc<Event>,
-    watch: &parking_lot::Mutex<&mut LeaseWatch>,
-    outage: &parking_lot::Mutex<Option<StoreError>>,
-    errors: &Throttle,
-) {
-    if outage.lock().is_some() || s.in_fallback() || s.stopping.load(Ordering::Acquire) {
-        return;
-    }
-    if !s.scope.owns(&event) {
-        return; // a resharding moved it to another shard meanwhile
-    }
-    let result = match maintain(s, scripts, &event).await {
-        Ok(()) => watch_leases(s, scripts, &event, watch).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.is_outage() => {
-            outage.lock().get_or_insert(e);
+/// One round of [`maintain_all`]: what its upkeeps share.
+struct Round<'a, 'w> {
+    s: &'a Shared,
+    scripts: &'a Scripts,
+    watch: parking_lot::Mutex<&'w mut LeaseWatch>,
+    /// The first outage seen: no upkeep starts after it.
+    outage: parking_lot::Mutex<Option<StoreError>>,
+    errors: &'a Throttle,
+}
+
+/// What an event's upkeep does after settling.
+enum Next {
+    /// Claim: renew the lease, top up the reserve.
+    Claim(Claim),
+    /// Only watch the other instances' leases: sales an earlier run made from this reserve
+    /// are not in the ledger yet, so it is not claimed, rotated or handed back until they are.
+    Watch,
+}
+
+impl Round<'_, '_> {
+    /// The upkeep of `group` (events whose keys are on one node): settle each, claim them all
+    /// in one call, then act on each event's part. If that call fails other than by an outage
+    /// (one event's damaged key fails the whole call), each event is claimed alone, so only
+    /// the damaged one goes without its lease.
+    async fn upkeep(&self, mut group: Vec<Arc<Event>>) {
+        let s = self.s;
+        if self.stopped() {
+            return;
         }
-        Err(e) => {
-            if let Some(held_back) = errors.allow() {
-                tracing::warn!(event = %event.id, error = %e, held_back, "reserve upkeep of this event failed; the other events go on");
+        group.retain(|e| s.scope.owns(e)); // a resharding moved it to another shard meanwhile
+        let nexts =
+            futures_util::future::join_all(group.iter().cloned().map(|e| self.prepare(e))).await;
+        let mut claims = Vec::with_capacity(nexts.len());
+        for (event, next) in group.iter().zip(nexts) {
+            match next {
+                Ok(Next::Claim(c)) => claims.push(c),
+                Ok(Next::Watch) => {
+                    let result = match read_leases(s, event).await {
+                        Ok(leases) => self.watch_leases(event, &leases).await,
+                        Err(e) => Err(e),
+                    };
+                    self.report(event, result);
+                }
+                Err(e) => self.report(event, Err(e)),
+            }
+        }
+        if claims.is_empty() || self.stopped() {
+            return;
+        }
+        let sent = s.now_ms();
+        match claim(s, &self.scripts.claim, &claims).await {
+            Ok(parts) => {
+                for (c, part) in claims.iter().zip(parts) {
+                    let result = self.act(c, part, sent).await;
+                    self.report(&c.reserve.event, result);
+                }
+            }
+            Err(e) if e.is_outage() || claims.len() == 1 => {
+                self.report(&claims[0].reserve.event, Err(e));
+            }
+            Err(_) => {
+                for c in &claims {
+                    if self.stopped() {
+                        return;
+                    }
+                    let sent = s.now_ms();
+                    let result = match claim(s, &self.scripts.claim, std::slice::from_ref(c)).await
+                    {
+                        Ok(mut parts) => self.act(c, parts.remove(0), sent).await,
+                        Err(e) => Err(e),
+                    };
+                    self.report(&c.reserve.event, result);
+                }
             }
         }
     }
+
+    /// Whether no upkeep should start: an outage was seen, the breaker opened or the store is
+    /// stopping.
+    fn stopped(&self) -> bool {
+        self.outage.lock().is_some()
+            || self.s.in_fallback()
+            || self.s.stopping.load(Ordering::Acquire)
+    }
+
+    /// Records an outage (it ends the round), or logs another failure of `event`'s upkeep.
+    fn report(&self, event: &Event, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_outage() => {
+                self.outage.lock().get_or_insert(e);
+            }
+            Err(e) => {
+                if let Some(held_back) = self.errors.allow() {
+                    tracing::warn!(event = %event.id, error = %e, held_back, "reserve upkeep of this event failed; the other events go on");
+                }
+            }
+        }
+    }
+
+    /// Before the claim: settles the event's fallback sales, and before this run's first
+    /// reserve of the event is for sale, reads what earlier runs sold each buyer from theirs.
+    async fn prepare(&self, event: Arc<Event>) -> Result<Next, StoreError> {
+        let s = self.s;
+        let er = s.event_reserve(&event);
+        settle(s, &self.scripts.settle, &er).await?;
+        if s.recovered.lock().iter().any(|r| r.event == event.id) {
+            return Ok(Next::Watch);
+        }
+        if s.redis.policy().limit() > 0 && !er.buyers.lock().seeded() {
+            // What earlier runs of this instance sold each buyer from their reserves counts
+            // toward the limit (its recovered sales were settled above, so Redis holds them).
+            let counts = s.redis.fallback_buyers(&event).await?;
+            er.buyers.lock().seed(counts);
+        }
+        let believed = er.current.read().held_in_redis() + er.unsettled.lock().len() as u64;
+        Ok(Next::Claim(Claim {
+            reserve: er,
+            believed,
+        }))
+    }
+
+    /// Acts on one event's part of a claim sent at `sent` (ms since the store's start): the
+    /// new selling deadline, a reserve list that changed, a hand-back when the pool runs low;
+    /// then the watch of the other instances' leases.
+    async fn act(&self, c: &Claim, part: Claimed, sent: u64) -> Result<(), StoreError> {
+        let s = self.s;
+        let er = &c.reserve;
+        let event = &er.event;
+        if part.seeded {
+            let size = s.options.reserve;
+            let lease_end = sent + s.options.lease.as_millis() as u64;
+            er.sell_until_ms.store(
+                lease_end.saturating_sub(s.options.margin().as_millis() as u64),
+                Ordering::Release,
+            );
+            if part.back > 0 {
+                tracing::info!(event = %event.id, tickets = part.back, "this instance's held-back reserve is back in its hands (its sales were settled first)");
+            }
+            let holding = part.listed.as_ref().map_or(c.believed, |l| l.len() as u64);
+            if let Some(listed) = part.listed {
+                rotate(er, listed);
+            }
+            // Hand the reserve back when the pool runs low, and at once when this instance
+            // keeps none (--fallback-reserve 0 after a run with reserves).
+            if (part.pool < 2 * size || size == 0) && holding > 0 {
+                release(s, self.scripts, er).await?;
+            }
+        }
+        // Not in Redis (yet): nothing to reserve, but the leases are still watched.
+        self.watch_leases(event, &part.leases).await
+    }
+
+    /// Holds back the reserves of other instances whose lease this supervisor watched expire,
+    /// of the `leases` (instance, expiry) just read from Redis.
+    async fn watch_leases(
+        &self,
+        event: &Event,
+        leases: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        let s = self.s;
+        let now = unix_ms() as i64;
+        let looked = Instant::now();
+        for (instance, expiry) in leases {
+            if instance == s.redis.instance() {
+                continue;
+            }
+            // Watched unrenewed for a whole lease, and expired (quarantine.lua checks the
+            // expiry again by Redis's own clock).
+            if !self
+                .watch
+                .lock()
+                .observe(&event.id, instance, *expiry, looked)
+                || *expiry > now
+            {
+                continue;
+            }
+            let keys = vec![
+                event.keys.leases.clone(),
+                EventKeys::reserve(&event.id, instance),
+                event.keys.reserved.clone(),
+                event.keys.held.clone(),
+            ];
+            let span = tracing::info_span!(target: crate::otel::TARGET, "reap expired reserve", ticketd.event = %event.id, ticketd.instance = %instance);
+            let call = s.call(
+                &self.scripts.quarantine,
+                keys,
+                vec![Value::from(instance.as_str()), Value::Integer(*expiry)],
+            );
+            let held: i64 = traced(span, call).await?;
+            self.watch.lock().done(&event.id, instance);
+            if held >= 0 {
+                s.redis.metrics().reserve_held_back();
+                tracing::warn!(
+                    event = %event.id,
+                    instance,
+                    tickets = held,
+                    "HELD BACK the reserve of an instance whose lease expired (crashed, stalled or cut off): not for sale until it comes back and settles its journal, or an operator releases it (ticketd reserves)"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Settles, renews, tops up or hands back the reserve of one event.
-async fn maintain(s: &Shared, scripts: &Scripts, event: &Arc<Event>) -> Result<(), StoreError> {
-    let size = s.options.reserve;
-    let er = s.event_reserve(event);
-    settle(s, &scripts.settle, &er).await?;
-    if s.recovered.lock().iter().any(|r| r.event == event.id) {
-        // Sales an earlier run made from this reserve are not in the ledger yet: the list still
-        // holds them, so it is not claimed, rotated or handed back until they are.
-        return Ok(());
+/// Every instance's lease on `event`, read apart from a claim (an event this instance does
+/// not claim yet: see [`Next::Watch`]).
+async fn read_leases(s: &Shared, event: &Event) -> Result<Vec<(String, i64)>, StoreError> {
+    let client = s.redis.client();
+    if !client.is_connected() {
+        return Err(StoreError::NotConnected);
     }
-    if s.redis.policy().limit() > 0 && !er.buyers.lock().seeded() {
-        // Before this run's first reserve of the event is for sale: what earlier runs of this
-        // instance sold each buyer from their reserves counts toward the limit (its recovered
-        // sales were settled above, so Redis holds them all).
-        let counts = s.redis.fallback_buyers(event).await?;
-        er.buyers.lock().seed(counts);
-    }
-    let current = er.current.read().clone();
-    let believed = current.held_in_redis() + er.unsettled.lock().len() as u64;
-    let sent = s.now_ms();
-    let keys = vec![
-        er.event.keys.tickets.clone(),
-        er.key.clone(),
-        er.event.keys.leases.clone(),
-        er.event.keys.reserved.clone(),
-        er.event.keys.meta.clone(),
-        er.event.keys.held.clone(),
-        er.event.keys.stale.clone(),
-    ];
-    let args = vec![
-        Value::from(s.redis.instance()),
-        Value::Integer(size as i64),
-        Value::Integer(s.options.lease.as_millis() as i64),
-        Value::Integer(believed as i64),
-    ];
-    let span = tracing::info_span!(target: crate::otel::TARGET, "claim reserve", ticketd.event = %event.id, ticketd.reserve.size = size);
-    let reply: Vec<Value> = traced(span, s.call(&scripts.claim, keys, args)).await?;
-    let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0);
-    if int(0) != 1 {
-        return Ok(()); // the event is not in Redis (yet): nothing to reserve
-    }
-    let lease_end = sent + s.options.lease.as_millis() as u64;
-    er.sell_until_ms.store(
-        lease_end.saturating_sub(s.options.margin().as_millis() as u64),
-        Ordering::Release,
-    );
-    if int(4) > 0 {
-        tracing::info!(event = %event.id, tickets = int(4), "this instance's held-back reserve is back in its hands (its sales were settled first)");
-    }
-    let pool = int(2) as u64;
-    let listed = (int(5) == 1).then(|| {
-        reply[6..]
-            .iter()
-            .filter_map(|v| v.as_bytes().and_then(|b| event.parse_ticket_id(b)))
-            .collect::<Vec<u64>>()
-    });
-    let holding = listed.as_ref().map_or(believed, |l| l.len() as u64);
-    if let Some(listed) = listed {
-        rotate(&er, listed);
-    }
-    // Hand the reserve back when the pool runs low, and at once when this instance keeps none
-    // (--fallback-reserve 0 after a run with reserves).
-    if (pool < 2 * size || size == 0) && holding > 0 {
-        return release(s, scripts, &er).await;
-    }
-    Ok(())
+    let leases: Vec<Value> = tokio::time::timeout(
+        s.call_bound(),
+        client.custom(
+            fred::cmd!("ZRANGE"),
+            vec![
+                Value::from(event.keys.leases.clone()),
+                0.into(),
+                (-1).into(),
+                "WITHSCORES".into(),
+            ],
+        ),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout(s.call_bound()))??;
+    Ok(leases
+        .chunks(2)
+        .filter_map(|pair| Some((pair[0].as_string()?, value_i64(pair.get(1)?)?)))
+        .collect())
 }
 
 /// Replaces the current reserve with `listed` (Redis's reserve list), minus every ticket sold
@@ -359,77 +507,6 @@ async fn traced<T>(
         crate::otel::spans::record_error(&span, e);
     }
     result
-}
-
-/// Holds back the reserves of other instances whose lease this supervisor watched expire.
-async fn watch_leases(
-    s: &Shared,
-    scripts: &Scripts,
-    event: &Event,
-    watch: &parking_lot::Mutex<&mut LeaseWatch>,
-) -> Result<(), StoreError> {
-    let client = s.redis.client();
-    if !client.is_connected() {
-        return Err(StoreError::NotConnected);
-    }
-    let leases: Vec<Value> = tokio::time::timeout(
-        s.call_bound(),
-        client.custom(
-            fred::cmd!("ZRANGE"),
-            vec![
-                Value::from(event.keys.leases.clone()),
-                0.into(),
-                (-1).into(),
-                "WITHSCORES".into(),
-            ],
-        ),
-    )
-    .await
-    .map_err(|_| StoreError::Timeout(s.call_bound()))??;
-    let now = unix_ms() as i64;
-    let looked = Instant::now();
-    for pair in leases.chunks(2) {
-        let (Some(instance), Some(expiry)) = (pair[0].as_string(), pair.get(1).and_then(value_i64))
-        else {
-            continue;
-        };
-        if instance == s.redis.instance() {
-            continue;
-        }
-        // Watched unrenewed for a whole lease, and expired (quarantine.lua checks the expiry
-        // again by Redis's own clock).
-        if !watch.lock().observe(&event.id, &instance, expiry, looked) || expiry > now {
-            continue;
-        }
-        let keys = vec![
-            event.keys.leases.clone(),
-            EventKeys::reserve(&event.id, &instance),
-            event.keys.reserved.clone(),
-            event.keys.held.clone(),
-        ];
-        let span = tracing::info_span!(target: crate::otel::TARGET, "reap expired reserve", ticketd.event = %event.id, ticketd.instance = %instance);
-        let call = s.call(
-            &scripts.quarantine,
-            keys,
-            vec![Value::from(instance.as_str()), Value::Integer(expiry)],
-        );
-        let held: i64 = traced(span, call).await?;
-        watch.lock().done(&event.id, &instance);
-        if held >= 0 {
-            s.redis.metrics().reserve_held_back();
-            tracing::warn!(
-                event = %event.id,
-                instance,
-                tickets = held,
-                "HELD BACK the reserve of an instance whose lease expired (crashed, stalled or cut off): not for sale until it comes back and settles its journal, or an operator releases it (ticketd reserves)"
-            );
-        }
-    }
-    Ok(())
-}
-
-fn value_i64(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))
 }
 
 /// Graceful shutdown, within `bound`: stop the supervisor; let the queued cancellations finish
