@@ -8,12 +8,14 @@
 --
 -- Returns {unsold 1, held back 1, unsold 2, held back 2, ...}: unsold is the pool plus every
 -- live reserve, held back the sum of the held-back reserves.
+-- A count that is not a number (a damaged key) reads as 0, as a read of it alone would.
 local out = {}
 for i = 1, #KEYS, 3 do
-  local unsold = redis.call('LLEN', KEYS[i]) + (tonumber(redis.call('GET', KEYS[i + 1])) or 0)
+  local reserved = math.max(0, tonumber(redis.call('GET', KEYS[i + 1])) or 0)
+  local unsold = redis.call('LLEN', KEYS[i]) + reserved
   local held = 0
   for _, n in ipairs(redis.call('HVALS', KEYS[i + 2])) do
-    held = held + tonumber(n)
+    held = held + math.max(0, tonumber(n) or 0)
   end
   out[#out + 1] = unsold
   out[#out + 1] = held

@@ -110,6 +110,19 @@ pub fn record_error(span: &Span, error: &dyn std::fmt::Display) {
     span.set_status(Status::error(error.to_string()));
 }
 
+/// Runs `call` inside `span` (a background span: disabled, and nearly free, while tracing is
+/// off), recording its error on the span.
+pub async fn traced<T, E: std::fmt::Display>(
+    span: Span,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = tracing::Instrument::instrument(call, span.clone()).await;
+    if let Err(e) = &result {
+        record_error(&span, e);
+    }
+    result
+}
+
 /// The span context of the current span when it is sampled: what a batch links to.
 pub fn current_link() -> Option<Box<SpanContext>> {
     if !in_trace() {

@@ -1,21 +1,35 @@
 //! One `lua/claim.lua` call for the reserves of one event or, on a single Redis, of up to
 //! [`CLAIM_EVENTS`] events: the keys and arguments it takes, and the reply read back into one
 //! [`Claimed`] per event. One call per event and a `ZRANGE` of its leases cost an idle
-//! instance at 10,000 events 14 % of a core and Redis as much (design.md, Measurements).
+//! instance at 10,000 events 15 % of a core and Redis 17 %; one call per 64 events 3 % and 9 %
+//! (design.md, "What 10,000 events cost with no purchase at all").
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fred::types::{Key, Value};
 
 use crate::event::Event;
+use crate::otel::spans::traced;
 use crate::store::fallback::{EventReserve, Shared};
 use crate::store::scripts::LuaScript;
 use crate::store::StoreError;
 
-/// Events per claim call on a single Redis: seven keys each, and Redis runs the call's events
-/// one after the other before it serves anything else (about 15 µs each here), so a purchase
-/// queued behind a call waits about a millisecond.
+/// Events per claim call on a single Redis at most: seven keys each, and Redis runs the call's
+/// events one after the other before it serves anything else (about 15 µs each for a plain
+/// heartbeat here), so a purchase queued behind a call waits about a millisecond.
 pub const CLAIM_EVENTS: usize = 64;
+
+/// Reserve tickets per claim call at most, for [`events_per_call`]: a top-up moves and lists a
+/// whole reserve per event (the first round, a refill after an outage), so a call of 64 events'
+/// reserves of 5,000 would hold Redis for longer than a purchase's timeout.
+const CLAIM_TICKETS: u64 = 12_800;
+
+/// Events per claim call on a single Redis for reserves of `reserve` tickets: [`CLAIM_EVENTS`]
+/// up to reserves of 200, fewer above (2 at the largest reserve, 5,000).
+pub fn events_per_call(reserve: u64) -> usize {
+    (CLAIM_TICKETS / reserve.max(1)).clamp(1, CLAIM_EVENTS as u64) as usize
+}
 
 /// One event's part of a claim call: its reserve and the length this instance believes Redis
 /// holds of it.
@@ -69,7 +83,11 @@ pub async fn claim(
             k.held.clone(),
             k.stale.clone(),
         ]);
-        args.push(Value::Integer(c.believed as i64));
+        // Until this reply is acted on, the list in Redis may change behind a length that
+        // looks unchanged: a claim after a lost reply asks for the whole list (-1 is no length).
+        let relist = c.reserve.relist.swap(true, Ordering::AcqRel);
+        let believed = if relist { -1 } else { c.believed as i64 };
+        args.push(Value::Integer(believed));
     }
     let span = tracing::info_span!(
         target: crate::otel::TARGET,
@@ -81,14 +99,7 @@ pub async fn claim(
     if let [one] = claims {
         span.record("ticketd.event", &*one.reserve.event.id);
     }
-    let call = tracing::Instrument::instrument(s.call(script, keys, args), span.clone());
-    let reply: Vec<Value> = match call.await {
-        Ok(reply) => reply,
-        Err(e) => {
-            crate::otel::spans::record_error(&span, &e);
-            return Err(e);
-        }
-    };
+    let reply: Vec<Value> = traced(span, s.call(script, keys, args)).await?;
     parse(&reply, claims.iter().map(|c| &*c.reserve.event))
 }
 
@@ -104,11 +115,14 @@ fn parse<'a>(
     let mut parts = Vec::with_capacity(events.len());
     for event in events {
         let head = reply.get(at..at + 8).ok_or_else(bad)?;
-        let (ids, leases) = (int(head.get(6))? as usize, int(head.get(7))? as usize);
-        let body = reply
-            .get(at + 8..at + 8 + ids + 2 * leases)
+        let count = |i: usize| usize::try_from(int(head.get(i))?).map_err(|_| bad());
+        let (ids, leases) = (count(6)?, count(7)?);
+        let end = leases
+            .checked_mul(2)
+            .and_then(|l| (at + 8).checked_add(ids)?.checked_add(l))
             .ok_or_else(bad)?;
-        at += 8 + ids + 2 * leases;
+        let body = reply.get(at + 8..end).ok_or_else(bad)?;
+        at = end;
         let listed = (int(head.get(5))? == 1).then(|| {
             body[..ids]
                 .iter()
@@ -140,7 +154,7 @@ pub fn value_i64(v: &Value) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse, Claimed};
+    use super::{events_per_call, parse, Claimed};
     use crate::event::Event;
     use fred::types::Value;
 
@@ -152,6 +166,15 @@ mod tests {
                 Err(_) => Value::from(*v),
             })
             .collect()
+    }
+
+    #[test]
+    fn calls_carry_fewer_events_of_larger_reserves() {
+        assert_eq!(events_per_call(0), 64);
+        assert_eq!(events_per_call(200), 64);
+        assert_eq!(events_per_call(400), 32);
+        assert_eq!(events_per_call(5000), 2);
+        assert_eq!(events_per_call(1_000_000), 1);
     }
 
     #[test]
@@ -201,6 +224,8 @@ mod tests {
     #[test]
     fn a_reply_of_another_shape_is_an_error() {
         let a = Event::new("a", 10, 0);
+        let negative = reply(&["1", "1000", "50", "0", "0", "0", "-1", "0"]);
+        assert!(parse(&negative, [&a].into_iter()).is_err());
         let short = reply(&["1", "1000", "50", "0", "0", "0", "0", "1", "other"]);
         assert!(parse(&short, [&a].into_iter()).is_err());
         let long = reply(&["1", "1000", "50", "0", "0", "0", "0", "0", "extra"]);

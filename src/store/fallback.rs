@@ -107,6 +107,10 @@ pub struct EventReserve {
     pub sell_until_ms: AtomicU64,
     /// Told when the supervisor swapped `current` (handed back or refilled).
     pub swapped: tokio::sync::Notify,
+    /// A claim was sent whose reply was not acted on (lost, or the call failed in another
+    /// event's part after this one's was done): the reserve in Redis may have changed at a
+    /// length that looks unchanged, so the next claim asks for the whole list.
+    pub relist: AtomicBool,
     /// Known buyers' sales from this event's reserves: the limit and keys while Redis cannot
     /// tell, and who each unsettled sale went to.
     pub buyers: Mutex<ReserveBuyers>,
@@ -358,6 +362,7 @@ impl Shared {
                     unsettled: Mutex::new(Vec::new()),
                     sell_until_ms: AtomicU64::new(0),
                     swapped: tokio::sync::Notify::new(),
+                    relist: AtomicBool::new(false),
                     buyers: Mutex::new(ReserveBuyers::default()),
                 })
             })

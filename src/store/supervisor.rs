@@ -13,7 +13,8 @@ use fred::interfaces::ClientLike;
 use fred::types::Value;
 
 use crate::event::{Event, EventKeys};
-use crate::store::claim::{claim, value_i64, Claim, Claimed, CLAIM_EVENTS};
+use crate::otel::spans::traced;
+use crate::store::claim::{claim, events_per_call, value_i64, Claim, Claimed};
 use crate::store::fallback::{unix_ms, EventReserve, Shared};
 use crate::store::lease_watch::LeaseWatch;
 use crate::store::reserve::{FallbackSale, Reserve};
@@ -162,13 +163,14 @@ pub async fn run(s: Arc<Shared>) {
 /// events (design.md, Measurements); this many overlap instead.
 const UPKEEP_IN_FLIGHT: usize = 32;
 
-/// Claim calls in flight at once on a single Redis, each for up to [`CLAIM_EVENTS`] events: a
-/// round of 10,000 events is 157 calls, four of them waiting on Redis at a time, so a slow
-/// `fsync` (60 ms under a disk writer, design.md) still keeps a round within a few heartbeats
-/// while a purchase never queues behind more than four calls' work.
+/// Claim calls in flight at once on a single Redis, each for up to
+/// [`crate::store::claim::CLAIM_EVENTS`] events: a round of 10,000 events is 157 calls, four of
+/// them waiting on Redis at a time, so a slow `fsync` (tens of ms while another process writes
+/// to the disk) still keeps a round within a heartbeat or two, while a purchase never queues
+/// behind more than four calls' work.
 const CLAIM_CALLS_IN_FLIGHT: usize = 4;
 
-/// One upkeep of every event: on a single Redis [`CLAIM_EVENTS`] events per claim call,
+/// One upkeep of every event: on a single Redis [`events_per_call`] events per claim call,
 /// [`CLAIM_CALLS_IN_FLIGHT`] calls at a time; on a cluster's shard one event per call,
 /// [`UPKEEP_IN_FLIGHT`] at a time. A failure of one event (a damaged key, a script error) is
 /// logged and the others go on; an outage ends the round once the upkeeps already started have
@@ -183,7 +185,7 @@ async fn maintain_all(
         crate::store::settle::settle_recovered(s, &scripts.settle).await?;
     }
     let (per_call, in_flight) = if s.redis.binds_keys() {
-        (CLAIM_EVENTS, CLAIM_CALLS_IN_FLIGHT)
+        (events_per_call(s.options.reserve), CLAIM_CALLS_IN_FLIGHT)
     } else {
         (1, UPKEEP_IN_FLIGHT)
     };
@@ -228,9 +230,10 @@ enum Next {
 
 impl Round<'_, '_> {
     /// The upkeep of `group` (events whose keys are on one node): settle each, claim them all
-    /// in one call, then act on each event's part. If that call fails other than by an outage
-    /// (one event's damaged key fails the whole call), each event is claimed alone, so only
-    /// the damaged one goes without its lease.
+    /// in one call ([`Self::claim_group`]), then act on each event's part: first what is local
+    /// for every part (the selling deadline, a changed reserve list), so that no part waits
+    /// behind another's calls, then the calls that follow (hand-backs, held-back reserves)
+    /// together.
     async fn upkeep(&self, mut group: Vec<Arc<Event>>) {
         let s = self.s;
         if self.stopped() {
@@ -240,48 +243,76 @@ impl Round<'_, '_> {
         let nexts =
             futures_util::future::join_all(group.iter().cloned().map(|e| self.prepare(e))).await;
         let mut claims = Vec::with_capacity(nexts.len());
+        let mut watch_only = Vec::new();
         for (event, next) in group.iter().zip(nexts) {
             match next {
                 Ok(Next::Claim(c)) => claims.push(c),
-                Ok(Next::Watch) => {
-                    let result = match read_leases(s, event).await {
-                        Ok(leases) => self.watch_leases(event, &leases).await,
-                        Err(e) => Err(e),
-                    };
-                    self.report(event, result);
-                }
+                Ok(Next::Watch) => watch_only.push(event),
                 Err(e) => self.report(event, Err(e)),
             }
         }
-        if claims.is_empty() || self.stopped() {
-            return;
-        }
-        let sent = s.now_ms();
-        match claim(s, &self.scripts.claim, &claims).await {
-            Ok(parts) => {
-                for (c, part) in claims.iter().zip(parts) {
-                    let result = self.act(c, part, sent).await;
-                    self.report(&c.reserve.event, result);
+        let mut follow_ups = Vec::with_capacity(claims.len());
+        if !claims.is_empty() && !self.stopped() {
+            for (c, answer) in self.claim_group(&claims).await {
+                match answer {
+                    Ok((part, seen)) => {
+                        let (release, leases) = self.apply(c, part, seen.sent);
+                        follow_ups.push(self.follow_up(c, release, leases, seen));
+                    }
+                    Err(e) => self.report(&c.reserve.event, Err(e)),
                 }
+            }
+        }
+        let watches = watch_only.iter().map(|e| self.watch_alone(e));
+        let (followed, watched) = futures_util::future::join(
+            futures_util::future::join_all(follow_ups),
+            futures_util::future::join_all(watches),
+        )
+        .await;
+        for (event, result) in followed.into_iter().chain(watched) {
+            self.report(event, result);
+        }
+    }
+
+    /// One claim call for `claims`. If it fails other than by an outage (one event's damaged
+    /// key fails the whole call, after the parts before it were done), each event is claimed
+    /// alone, so only the damaged one goes without its lease; the claims that follow a failed
+    /// call ask for the whole reserve list ([`EventReserve::relist`]), since a part that was
+    /// done may have changed it. Answers each claim tried, with when its reply was seen.
+    async fn claim_group<'c>(
+        &self,
+        claims: &'c [Claim],
+    ) -> Vec<(&'c Claim, Result<(Claimed, Seen), StoreError>)> {
+        let s = self.s;
+        let sent = s.now_ms();
+        let e = match claim(s, &self.scripts.claim, claims).await {
+            Ok(parts) => {
+                let seen = Seen::now(sent);
+                return claims
+                    .iter()
+                    .zip(parts.into_iter().map(|p| Ok((p, seen))))
+                    .collect();
             }
             Err(e) if e.is_outage() || claims.len() == 1 => {
-                self.report(&claims[0].reserve.event, Err(e));
+                return claims.iter().map(|c| (c, Err(e.clone()))).collect();
             }
-            Err(_) => {
-                for c in &claims {
-                    if self.stopped() {
-                        return;
-                    }
-                    let sent = s.now_ms();
-                    let result = match claim(s, &self.scripts.claim, std::slice::from_ref(c)).await
-                    {
-                        Ok(mut parts) => self.act(c, parts.remove(0), sent).await,
-                        Err(e) => Err(e),
-                    };
-                    self.report(&c.reserve.event, result);
-                }
+            Err(e) => e,
+        };
+        // The event whose part fails alone is logged by name (report); this says why the calls
+        // went one at a time.
+        tracing::debug!(events = claims.len(), error = %e, "a reserve claim of several events failed; claiming them one at a time");
+        let mut answers = Vec::with_capacity(claims.len());
+        for c in claims {
+            if self.stopped() {
+                break;
             }
+            let sent = s.now_ms();
+            let answer = claim(s, &self.scripts.claim, std::slice::from_ref(c))
+                .await
+                .map(|mut parts| (parts.remove(0), Seen::now(sent)));
+            answers.push((c, answer));
         }
+        answers
     }
 
     /// Whether no upkeep should start: an outage was seen, the breaker opened or the store is
@@ -329,13 +360,13 @@ impl Round<'_, '_> {
         }))
     }
 
-    /// Acts on one event's part of a claim sent at `sent` (ms since the store's start): the
-    /// new selling deadline, a reserve list that changed, a hand-back when the pool runs low;
-    /// then the watch of the other instances' leases.
-    async fn act(&self, c: &Claim, part: Claimed, sent: u64) -> Result<(), StoreError> {
+    /// The local part of acting on one event's part of a claim sent at `sent` (ms since the
+    /// store's start): the new selling deadline, a reserve list that changed. Returns whether
+    /// the reserve is to be handed back (the pool runs low) and the other instances' leases.
+    fn apply(&self, c: &Claim, part: Claimed, sent: u64) -> (bool, Vec<(String, i64)>) {
         let s = self.s;
         let er = &c.reserve;
-        let event = &er.event;
+        let mut release = false;
         if part.seeded {
             let size = s.options.reserve;
             let lease_end = sent + s.options.lease.as_millis() as u64;
@@ -344,7 +375,7 @@ impl Round<'_, '_> {
                 Ordering::Release,
             );
             if part.back > 0 {
-                tracing::info!(event = %event.id, tickets = part.back, "this instance's held-back reserve is back in its hands (its sales were settled first)");
+                tracing::info!(event = %er.event.id, tickets = part.back, "this instance's held-back reserve is back in its hands (its sales were settled first)");
             }
             let holding = part.listed.as_ref().map_or(c.believed, |l| l.len() as u64);
             if let Some(listed) = part.listed {
@@ -352,24 +383,55 @@ impl Round<'_, '_> {
             }
             // Hand the reserve back when the pool runs low, and at once when this instance
             // keeps none (--fallback-reserve 0 after a run with reserves).
-            if (part.pool < 2 * size || size == 0) && holding > 0 {
-                release(s, self.scripts, er).await?;
+            release = (part.pool < 2 * size || size == 0) && holding > 0;
+        }
+        // Acted on: what this instance holds is what Redis listed, or the length it believed.
+        er.relist.store(false, Ordering::Release);
+        (release, part.leases)
+    }
+
+    /// The calls after a claim of `c`'s event: the hand-back if `release`, then the watch of
+    /// the other instances' `leases` (also for an event not in Redis yet). None once the round
+    /// stopped.
+    async fn follow_up<'c>(
+        &self,
+        c: &'c Claim,
+        release: bool,
+        leases: Vec<(String, i64)>,
+        seen: Seen,
+    ) -> (&'c Event, Result<(), StoreError>) {
+        let event = &*c.reserve.event;
+        if self.stopped() {
+            return (event, Ok(()));
+        }
+        if release {
+            if let Err(e) = self::release(self.s, self.scripts, &c.reserve).await {
+                return (event, Err(e));
             }
         }
-        // Not in Redis (yet): nothing to reserve, but the leases are still watched.
-        self.watch_leases(event, &part.leases).await
+        (event, self.watch_leases(event, &leases, seen).await)
+    }
+
+    /// The lease watch of an event that is not claimed this round ([`Next::Watch`]), on a read
+    /// of its leases.
+    async fn watch_alone<'e>(&self, event: &'e Arc<Event>) -> (&'e Event, Result<(), StoreError>) {
+        let result = match read_leases(self.s, event).await {
+            Ok(leases) => self.watch_leases(event, &leases, Seen::now(0)).await,
+            Err(e) => Err(e),
+        };
+        (event, result)
     }
 
     /// Holds back the reserves of other instances whose lease this supervisor watched expire,
-    /// of the `leases` (instance, expiry) just read from Redis.
+    /// of the `leases` (instance, expiry) Redis answered when `seen`.
     async fn watch_leases(
         &self,
         event: &Event,
         leases: &[(String, i64)],
+        seen: Seen,
     ) -> Result<(), StoreError> {
         let s = self.s;
-        let now = unix_ms() as i64;
-        let looked = Instant::now();
+        let (now, looked) = (seen.unix_ms, seen.at);
         for (instance, expiry) in leases {
             if instance == s.redis.instance() {
                 continue;
@@ -409,6 +471,29 @@ impl Round<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// When a claim's reply was seen: the watch of leases dates what it read by this, not by when
+/// it gets to them.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// When the claim was sent, in ms since the store's start (the selling deadline counts
+    /// from it).
+    sent: u64,
+    /// When the reply came.
+    at: Instant,
+    /// The same, as unix ms (the leases' clock).
+    unix_ms: i64,
+}
+
+impl Seen {
+    fn now(sent: u64) -> Self {
+        Self {
+            sent,
+            at: Instant::now(),
+            unix_ms: unix_ms() as i64,
+        }
     }
 }
 
@@ -494,19 +579,6 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         tracing::debug!(event = %er.event.id, returned, "reserve handed back to the pool");
     }
     Ok(())
-}
-
-/// Runs `call` inside `span` (a background span: disabled, and nearly free, while tracing is
-/// off), recording its error on the span.
-async fn traced<T>(
-    span: tracing::Span,
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let result = tracing::Instrument::instrument(call, span.clone()).await;
-    if let Err(e) = &result {
-        crate::otel::spans::record_error(&span, e);
-    }
-    result
 }
 
 /// Graceful shutdown, within `bound`: stop the supervisor; let the queued cancellations finish
