@@ -160,7 +160,8 @@ async fn scrapes_cost_redis_nothing() {
     let elapsed = started.elapsed();
     let after = command_calls(&r).await;
     // A refresh reads each event once (LLEN of the pool, GET of its reserves, HVALS of the
-    // held-back ones; inside one counts.lua call on a single Redis): the refreshes that fit into the elapsed time, one in flight at each end.
+    // held-back ones; inside one counts.lua call on a single Redis): the refreshes that fit
+    // into the elapsed time, one in flight at each end.
     let refreshes = (elapsed.as_secs_f64() / 0.2).ceil() as u64 + 2;
     for command in ["llen", "get", "hvals"] {
         let sent =

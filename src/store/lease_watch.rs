@@ -4,7 +4,7 @@
 //! Continuously means with no gap between two looks longer than the supervisor's own rhythm
 //! allows: a gap is time this instance was not watching (Redis unreachable, the process paused
 //! or starved), during which the owner may well have renewed and been unable to say so. Every
-//! breaker transition and every failed upkeep forgets all watches, so a watch starts again
+//! breaker transition and every failed upkeep round forgets all watches, so a watch starts again
 //! from the first look after it. Holding a reserve back never resells it (quarantine.lua), so
 //! a watch that ends too early costs only a reserve taken out of sale until its owner's next
 //! heartbeat; this rule keeps that rare.

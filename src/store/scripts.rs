@@ -13,7 +13,8 @@ pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
 pub const CANCEL: &str = include_str!("../../lua/cancel.lua");
 /// `lua/install.lua`: installs a seeded pool unless the event exists.
 pub const INSTALL: &str = include_str!("../../lua/install.lua");
-/// `lua/claim.lua`: renews an instance's lease and tops up its fallback reserve.
+/// `lua/claim.lua`: renews an instance's leases and tops up its fallback reserves, of one event
+/// or (a single Redis) several, and reports the other instances' leases.
 pub const CLAIM: &str = include_str!("../../lua/claim.lua");
 /// `lua/settle.lua`: writes fallback sales into the ledger, idempotently.
 pub const SETTLE: &str = include_str!("../../lua/settle.lua");
