@@ -97,6 +97,10 @@ pub struct EventKeys {
     /// reserves sold the buyer (written by `settle.lua`), so that a restarted instance holds a
     /// buyer to the limit from what all its runs sold, not only this one.
     pub fallback_buyers: Key,
+    /// `event:{id}:reserve_gen`: HASH instance -> generation of its reserve list, counted up by
+    /// `claim.lua` whenever it changes the list's contents, so that a change whose reply was
+    /// lost is never hidden behind a length that looks unchanged.
+    pub reserve_gen: Key,
     /// `event:{id}:fence`: a counter written right before a `WAIT`, so that the WAIT covers
     /// every earlier write of the node (only with `--redis-replica-acks` above 0).
     pub fence: Key,
@@ -114,6 +118,7 @@ impl EventKeys {
             reserved: Key::from(format!("event:{{{id}}}:reserved")),
             held: Key::from(format!("event:{{{id}}}:held")),
             stale: Key::from(format!("event:{{{id}}}:stale")),
+            reserve_gen: Key::from(format!("event:{{{id}}}:reserve_gen")),
             fence: Key::from(format!("event:{{{id}}}:fence")),
             buyers: Key::from(format!("event:{{{id}}}:buyers")),
             idempotency: Key::from(format!("event:{{{id}}}:keys")),

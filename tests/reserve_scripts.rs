@@ -16,7 +16,7 @@ fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| format!("event:{{r}}:{n}")).collect()
 }
 
-async fn claim(client: &Client, size: i64, believed: i64) -> Vec<Value> {
+async fn claim(client: &Client, size: i64, believed: i64, generation: i64) -> Vec<Value> {
     LuaScript::new(CLAIM)
         .run(
             client,
@@ -28,12 +28,14 @@ async fn claim(client: &Client, size: i64, believed: i64) -> Vec<Value> {
                 "meta",
                 "held",
                 "stale",
+                "reserve_gen",
             ]),
             vec![
                 Value::from("i"),
                 Value::Integer(size),
                 Value::Integer(10_000),
                 Value::Integer(believed),
+                Value::Integer(generation),
             ],
             || (),
         )
@@ -61,37 +63,47 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     seed_event(&pool, "r", 100, false).await.unwrap();
     let client = pool.next();
 
-    // A first claim moves 10 tickets and lists them.
-    let reply = claim(client, 10, 0).await;
+    // A first claim moves 10 tickets and lists them, as generation 1 of the list.
+    let reply = claim(client, 10, 0, -1).await;
     assert_eq!(reply[3].as_i64(), Some(10), "moved");
     assert_eq!(reply[5].as_i64(), Some(1), "listed");
-    assert_eq!(reply.len(), 8 + 10);
+    assert_eq!(reply[6].as_i64(), Some(1), "generation");
+    assert_eq!(reply.len(), 9 + 10);
     // A heartbeat that changes nothing lists nothing.
-    let reply = claim(client, 10, 10).await;
-    assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 8));
+    let reply = claim(client, 10, 10, 1).await;
+    assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 9));
 
     // A hand-back of the 10 the owner settled: done.
     assert_eq!(release(client, 10).await, 10);
     // The owner still believes it holds 10: the claim says, explicitly, that it holds none.
-    let reply = claim(client, 0, 10).await;
+    let reply = claim(client, 0, 10, 1).await;
     assert_eq!(
         (reply[5].as_i64(), reply.len()),
-        (Some(1), 8),
+        (Some(1), 9),
         "an empty list is news"
     );
 
     // A late copy of a hand-back, after a claim changed the list, finds another length and
     // leaves it alone.
-    let reply = claim(client, 10, 0).await;
+    let reply = claim(client, 10, 0, 1).await;
     assert_eq!(reply[3].as_i64(), Some(10));
+    assert_eq!(reply[6].as_i64(), Some(2), "a refill is a new generation");
     assert_eq!(release(client, 3).await, -2);
     let held: i64 = client.llen("event:{r}:reserve:i").await.unwrap();
     assert_eq!(held, 10, "the reserve is still there");
     let reserved: i64 = client.get("event:{r}:reserved").await.unwrap();
     assert_eq!(reserved, 10);
+
+    // An owner that never acted on that refill's reply (lost, or its call failed in another
+    // event's part) still believes 10 of generation 1: the same length, but not its list.
+    let reply = claim(client, 10, 10, 1).await;
+    assert_eq!((reply[3].as_i64(), reply[5].as_i64()), (Some(0), Some(1)));
+    assert_eq!(reply.len(), 9 + 10, "the whole list of generation 2");
+    let reply = claim(client, 10, 10, 2).await;
+    assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 9));
 }
 
-/// The seven keys of event `id` for instance `i`, in claim.lua's order.
+/// The eight keys of event `id` for instance `i`, in claim.lua's order.
 fn claim_keys(id: &str) -> Vec<String> {
     [
         "tickets",
@@ -101,6 +113,7 @@ fn claim_keys(id: &str) -> Vec<String> {
         "meta",
         "held",
         "stale",
+        "reserve_gen",
     ]
     .iter()
     .map(|n| format!("event:{{{id}}}:{n}"))
@@ -127,14 +140,11 @@ async fn one_claim_of_several_events_does_for_each_what_a_claim_of_it_alone_does
         .iter()
         .flat_map(|id| claim_keys(id))
         .collect();
-    let args = vec![
-        Value::from("i"),
-        Value::Integer(10),
-        Value::Integer(10_000),
-        Value::Integer(0),
-        Value::Integer(0),
-        Value::Integer(0),
-    ];
+    // Each event: believed length 0, no generation acted on yet.
+    let mut args = vec![Value::from("i"), Value::Integer(10), Value::Integer(10_000)];
+    for _ in 0..3 {
+        args.extend([Value::Integer(0), Value::Integer(-1)]);
+    }
     let reply: Vec<Value> = LuaScript::new(CLAIM)
         .run(client, keys, args, || ())
         .await
@@ -142,23 +152,23 @@ async fn one_claim_of_several_events_does_for_each_what_a_claim_of_it_alone_does
     let ints = |r: &[Value]| r.iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>();
     // e1: claimed, 10 moved and listed, no other lease.
     assert_eq!(ints(&reply[..1]), [1]);
-    assert_eq!(ints(&reply[2..8]), [90, 10, 0, 1, 10, 0]);
-    let e1: Vec<String> = reply[8..18]
+    assert_eq!(ints(&reply[2..9]), [90, 10, 0, 1, 1, 10, 0]);
+    let e1: Vec<String> = reply[9..19]
         .iter()
         .map(|v| v.as_string().unwrap())
         .collect();
     let reserve: Vec<String> = client.lrange("event:{e1}:reserve:i", 0, -1).await.unwrap();
     assert_eq!(e1, reserve);
     // gone: not in Redis, nothing written.
-    assert_eq!(ints(&reply[18..26]), [-2, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(ints(&reply[19..28]), [-2, 0, 0, 0, 0, 0, 0, 0, 0]);
     let exists: i64 = client.exists(claim_keys("gone")).await.unwrap();
     assert_eq!(exists, 0);
     // e2: claimed as e1 was, and j's lease (not this instance's own) reported.
-    assert_eq!(ints(&reply[26..27]), [1]);
-    assert_eq!(ints(&reply[28..34]), [90, 10, 0, 1, 10, 1]);
-    assert_eq!(reply.len(), 34 + 10 + 2);
-    assert_eq!(reply[44].as_string().as_deref(), Some("j"));
-    assert_eq!(reply[45].as_i64(), Some(1_000_000));
+    assert_eq!(ints(&reply[28..29]), [1]);
+    assert_eq!(ints(&reply[30..37]), [90, 10, 0, 1, 1, 10, 1]);
+    assert_eq!(reply.len(), 37 + 10 + 2);
+    assert_eq!(reply[47].as_string().as_deref(), Some("j"));
+    assert_eq!(reply[48].as_i64(), Some(1_000_000));
     for id in ["e1", "e2"] {
         let reserved: i64 = client
             .get(format!("event:{{{id}}}:reserved"))

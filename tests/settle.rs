@@ -124,12 +124,14 @@ async fn late_sales_on_a_million_ticket_pool_are_cheap_and_never_resold() {
                 "meta",
                 "held",
                 "stale",
+                "reserve_gen",
             ]),
             vec![
                 Value::from("other"),
                 Value::Integer(10),
                 Value::Integer(10_000),
                 Value::Integer(0),
+                Value::Integer(-1),
             ],
             || (),
         )

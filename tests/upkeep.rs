@@ -64,9 +64,10 @@ async fn one_failing_event_does_not_stop_the_others_leases() {
 /// reserve list Redis changed there must still reach the instance, though its length looks
 /// unchanged when the event is claimed again alone. Here event one's reserve went back to
 /// the pool in Redis (as an operator's release would put it); the failing call refills it with
-/// other tickets, and the retry alone then finds the length the instance believes. Without the
-/// whole list on that retry, the instance would go on holding the old tickets, which Redis has
-/// back in its pool, and sell them during an outage: each to a second buyer.
+/// other tickets, and the retry alone then finds the length the instance believes, but a newer
+/// generation of the list than the one it acted on. Without the whole list on that retry, the
+/// instance would go on holding the old tickets, which Redis has back in its pool, and sell
+/// them during an outage: each to a second buyer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_changed_by_a_failed_claim_of_several_events_still_reaches_the_instance() {
     let redis = RedisServer::start();

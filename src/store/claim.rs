@@ -49,6 +49,8 @@ pub struct Claimed {
     pub pool: u64,
     /// Tickets of this instance's held-back reserve that came back to it.
     pub back: u64,
+    /// The generation of the reserve list (see [`EventReserve::generation`]).
+    pub generation: i64,
     /// The whole reserve list, when it changed or is not as long as believed.
     pub listed: Option<Vec<u64>>,
     /// Other instances' leases on the event: (instance, expiry in unix ms).
@@ -67,8 +69,8 @@ pub async fn claim(
     script: &LuaScript,
     claims: &[Claim],
 ) -> Result<Vec<Claimed>, StoreError> {
-    let mut keys: Vec<Key> = Vec::with_capacity(claims.len() * 7);
-    let mut args = Vec::with_capacity(3 + claims.len());
+    let mut keys: Vec<Key> = Vec::with_capacity(claims.len() * 8);
+    let mut args = Vec::with_capacity(3 + 2 * claims.len());
     args.push(Value::from(s.redis.instance()));
     args.push(Value::Integer(s.options.reserve as i64));
     args.push(Value::Integer(s.options.lease.as_millis() as i64));
@@ -82,12 +84,10 @@ pub async fn claim(
             k.meta.clone(),
             k.held.clone(),
             k.stale.clone(),
+            k.reserve_gen.clone(),
         ]);
-        // Until this reply is acted on, the list in Redis may change behind a length that
-        // looks unchanged: a claim after a lost reply asks for the whole list (-1 is no length).
-        let relist = c.reserve.relist.swap(true, Ordering::AcqRel);
-        let believed = if relist { -1 } else { c.believed as i64 };
-        args.push(Value::Integer(believed));
+        args.push(Value::Integer(c.believed as i64));
+        args.push(Value::Integer(c.reserve.generation.load(Ordering::Acquire)));
     }
     let span = tracing::info_span!(
         target: crate::otel::TARGET,
@@ -103,8 +103,11 @@ pub async fn claim(
     parse(&reply, claims.iter().map(|c| &*c.reserve.event))
 }
 
-/// Reads a claim reply: per event `{status, now, pool, moved, back, listed, n ids, n leases,
-/// ids..., (instance, expiry)...}`.
+/// Values before each event's ids and leases in a claim reply.
+const HEAD: usize = 9;
+
+/// Reads a claim reply: per event `{status, now, pool, moved, back, listed, generation, n ids,
+/// n leases, ids..., (instance, expiry)...}`.
 fn parse<'a>(
     reply: &[Value],
     events: impl ExactSizeIterator<Item = &'a Event>,
@@ -114,14 +117,14 @@ fn parse<'a>(
     let mut at = 0;
     let mut parts = Vec::with_capacity(events.len());
     for event in events {
-        let head = reply.get(at..at + 8).ok_or_else(bad)?;
+        let head = reply.get(at..at + HEAD).ok_or_else(bad)?;
         let count = |i: usize| usize::try_from(int(head.get(i))?).map_err(|_| bad());
-        let (ids, leases) = (count(6)?, count(7)?);
+        let (ids, leases) = (count(7)?, count(8)?);
         let end = leases
             .checked_mul(2)
-            .and_then(|l| (at + 8).checked_add(ids)?.checked_add(l))
+            .and_then(|l| (at + HEAD).checked_add(ids)?.checked_add(l))
             .ok_or_else(bad)?;
-        let body = reply.get(at + 8..end).ok_or_else(bad)?;
+        let body = reply.get(at + HEAD..end).ok_or_else(bad)?;
         at = end;
         let listed = (int(head.get(5))? == 1).then(|| {
             body[..ids]
@@ -137,6 +140,7 @@ fn parse<'a>(
             seeded: int(head.first())? == 1,
             pool: int(head.get(2))?.max(0) as u64,
             back: int(head.get(4))?.max(0) as u64,
+            generation: int(head.get(6))?,
             listed,
             leases,
         });
@@ -189,12 +193,12 @@ mod tests {
         let ticket = String::from_utf8(ticket).unwrap();
         let parts = parse(
             &reply(&[
-                // a: listed, one id, one other instance's lease
-                "1", "1000", "50", "1", "0", "1", "1", "1", &ticket, "other", "1015000",
+                // a: listed, generation 3, one id, one other instance's lease
+                "1", "1000", "50", "1", "0", "1", "3", "1", "1", &ticket, "other", "1015000",
                 // b: not in Redis, no lease
-                "-2", "0", "0", "0", "0", "0", "0", "0",
+                "-2", "0", "0", "0", "0", "0", "0", "0", "0",
                 // c: a plain heartbeat, 4 taken back, a lease as Redis writes a score
-                "1", "1000", "70", "0", "4", "0", "0", "1", "third", "1016000",
+                "1", "1000", "70", "0", "4", "0", "2", "0", "1", "third", "1016000",
             ]),
             [&a, &b, &c].into_iter(),
         )
@@ -206,6 +210,7 @@ mod tests {
                     seeded: true,
                     pool: 50,
                     back: 0,
+                    generation: 3,
                     listed: Some(vec![3]),
                     leases: vec![("other".into(), 1_015_000)],
                 },
@@ -214,6 +219,7 @@ mod tests {
                     seeded: true,
                     pool: 70,
                     back: 4,
+                    generation: 2,
                     listed: None,
                     leases: vec![("third".into(), 1_016_000)],
                 },
@@ -224,11 +230,11 @@ mod tests {
     #[test]
     fn a_reply_of_another_shape_is_an_error() {
         let a = Event::new("a", 10, 0);
-        let negative = reply(&["1", "1000", "50", "0", "0", "0", "-1", "0"]);
+        let negative = reply(&["1", "1000", "50", "0", "0", "0", "0", "-1", "0"]);
         assert!(parse(&negative, [&a].into_iter()).is_err());
-        let short = reply(&["1", "1000", "50", "0", "0", "0", "0", "1", "other"]);
+        let short = reply(&["1", "1000", "50", "0", "0", "0", "0", "0", "1", "other"]);
         assert!(parse(&short, [&a].into_iter()).is_err());
-        let long = reply(&["1", "1000", "50", "0", "0", "0", "0", "0", "extra"]);
+        let long = reply(&["1", "1000", "50", "0", "0", "0", "0", "0", "0", "extra"]);
         assert!(parse(&long, [&a].into_iter()).is_err());
         assert!(parse(&[], [&a].into_iter()).is_err());
     }

@@ -3,7 +3,7 @@
 //! the journal, and the sales of a previous run still to be settled.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,10 +107,11 @@ pub struct EventReserve {
     pub sell_until_ms: AtomicU64,
     /// Told when the supervisor swapped `current` (handed back or refilled).
     pub swapped: tokio::sync::Notify,
-    /// A claim was sent whose reply was not acted on (lost, or the call failed in another
-    /// event's part after this one's was done): the reserve in Redis may have changed at a
-    /// length that looks unchanged, so the next claim asks for the whole list.
-    pub relist: AtomicBool,
+    /// The generation of the reserve list (`event:{id}:reserve_gen`) that `current` was last
+    /// made from, or -1 before the first: a claim whose reply was never acted on may have
+    /// changed the list at a length that looks unchanged, and the next claim, naming this
+    /// generation, then gets the whole list.
+    pub generation: AtomicI64,
     /// Known buyers' sales from this event's reserves: the limit and keys while Redis cannot
     /// tell, and who each unsettled sale went to.
     pub buyers: Mutex<ReserveBuyers>,
@@ -362,7 +363,7 @@ impl Shared {
                     unsettled: Mutex::new(Vec::new()),
                     sell_until_ms: AtomicU64::new(0),
                     swapped: tokio::sync::Notify::new(),
-                    relist: AtomicBool::new(false),
+                    generation: AtomicI64::new(-1),
                     buyers: Mutex::new(ReserveBuyers::default()),
                 })
             })

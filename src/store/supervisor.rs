@@ -276,9 +276,10 @@ impl Round<'_, '_> {
 
     /// One claim call for `claims`. If it fails other than by an outage (one event's damaged
     /// key fails the whole call, after the parts before it were done), each event is claimed
-    /// alone, so only the damaged one goes without its lease; the claims that follow a failed
-    /// call ask for the whole reserve list ([`EventReserve::relist`]), since a part that was
-    /// done may have changed it. Answers each claim tried, with when its reply was seen.
+    /// alone, so only the damaged one goes without its lease (a part that was done before the
+    /// error may have changed its reserve list: the claim alone names the generation the
+    /// instance acted on, [`EventReserve::generation`], and gets the list). Answers each claim
+    /// tried, with when its reply was seen.
     async fn claim_group<'c>(
         &self,
         claims: &'c [Claim],
@@ -381,12 +382,13 @@ impl Round<'_, '_> {
             if let Some(listed) = part.listed {
                 rotate(er, listed);
             }
+            // What `current` now holds is that generation of the list (unlisted: the same one
+            // as before, unchanged).
+            er.generation.store(part.generation, Ordering::Release);
             // Hand the reserve back when the pool runs low, and at once when this instance
             // keeps none (--fallback-reserve 0 after a run with reserves).
             release = (part.pool < 2 * size || size == 0) && holding > 0;
         }
-        // Acted on: what this instance holds is what Redis listed, or the length it believed.
-        er.relist.store(false, Ordering::Release);
         (release, part.leases)
     }
 
