@@ -70,8 +70,19 @@ local function claim(k, believed, known)
     emit({-2, 0, 0, 0, 0, 0, 0}, {}, leases(KEYS[k + 3]))
     return
   end
-  local gen = tonumber(redis.call('HGET', KEYS[k + 8], me)) or 0
-  local changed = false
+  local gen = tonumber(redis.call('HGET', KEYS[k + 8], me) or 0)
+  if not gen then
+    error('not a generation in ' .. KEYS[k + 8] .. ' ' .. me)
+  end
+  -- Counted up before the list (or the pool it takes from) is first written: a script that
+  -- fails after a write, on a damaged key, then leaves no change under the old generation.
+  local bumped = false
+  local function bump()
+    if not bumped then
+      bumped = true
+      gen = redis.call('HINCRBY', KEYS[k + 8], me, 1)
+    end
+  end
   redis.call('ZADD', KEYS[k + 3], now + lease, me)
   local back = 0
   if redis.call('HEXISTS', KEYS[k + 6], me) == 1 then
@@ -84,9 +95,9 @@ local function claim(k, believed, known)
     -- Rare: tickets of this reserve that a late settlement recorded as sold.
     for _, id in ipairs(redis.call('LRANGE', KEYS[k + 2], 0, -1)) do
       if redis.call('SREM', KEYS[k + 7], id) == 1 then
+        bump()
         redis.call('LREM', KEYS[k + 2], 1, id)
         redis.call('DECRBY', KEYS[k + 4], 1)
-        changed = true
       end
     end
   end
@@ -95,6 +106,7 @@ local function claim(k, believed, known)
   local moved = 0
   local want = size - have
   if want > 0 and pool > 4 * size then
+    bump()
     local ids = redis.call('LPOP', KEYS[k + 1], want)
     if ids and stale then
       local fresh = {}
@@ -112,12 +124,9 @@ local function claim(k, believed, known)
     end
     pool = redis.call('LLEN', KEYS[k + 1])
   end
-  if changed or moved > 0 then
-    gen = redis.call('HINCRBY', KEYS[k + 8], me, 1)
-  end
   local ids = {}
   local listed = 0
-  if moved > 0 or have ~= believed or gen ~= known then
+  if bumped or have ~= believed or gen ~= known then
     listed = 1
     ids = redis.call('LRANGE', KEYS[k + 2], 0, -1)
   end

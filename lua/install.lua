@@ -9,7 +9,10 @@
 -- ARGV[1] capacity, ARGV[2] "reset" to replace an existing event's pool and ledger, ARGV[3] id
 --
 -- A reset also drops every instance's fallback reserve of the event, live or held back (the
--- reserve keys are named from the lease set and the held-back hash; they share the event's hash tag, so the script stays in one slot). Stop
+-- reserve keys are named from the lease set and the held-back hash; they share the event's
+-- hash tag, so the script stays in one slot). It keeps event:{id}:reserve_gen on purpose: the
+-- reseeded event has the same ticket ids, and a reserve list must never come back under a
+-- generation an instance already knows (see claim.lua). Stop
 -- the instances selling the event before a reset: an instance selling from memory while Redis
 -- is unreachable would not learn of it.
 --

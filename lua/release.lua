@@ -13,16 +13,19 @@
 --   and reports any ticket sold twice.
 --
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:reserve:<instance>, KEYS[3] event:{id}:leases,
--- KEYS[4] event:{id}:reserved, KEYS[5] event:{id}:held
--- ARGV[1] instance, ARGV[2] 'held' (operator) or the expected length (owner)
+-- KEYS[4] event:{id}:reserved, KEYS[5] event:{id}:held, KEYS[6] event:{id}:reserve_gen
+-- ARGV[1] instance, ARGV[2] 'held' (operator) or the expected length (owner), ARGV[3] (owner)
+-- the generation of the list the owner settled (claim.lua counts it up at every change of the
+-- list's contents, so a refill to the same length is not mistaken for the list settled)
 -- Returns how many tickets went back, -1 when an operator's reserve is not held back, or -2
--- when the owner's reserve is not of the expected length.
+-- when the owner's reserve is not of the expected length and generation.
 local held = redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1
 if ARGV[2] == 'held' then
   if not held then
     return -1
   end
-elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then
+elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2])
+  or (tonumber(redis.call('HGET', KEYS[6], ARGV[1])) or 0) ~= tonumber(ARGV[3]) then
   return -2
 end
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)

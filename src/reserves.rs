@@ -96,6 +96,7 @@ pub async fn release(
         keys.leases.clone(),
         keys.reserved.clone(),
         keys.held.clone(),
+        keys.reserve_gen.clone(),
     ];
     let args = vec![Value::from(instance), Value::from("held")];
     let n: i64 = LuaScript::new(RELEASE)

@@ -16,20 +16,16 @@ fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| format!("event:{{r}}:{n}")).collect()
 }
 
-async fn claim(client: &Client, size: i64, believed: i64, generation: i64) -> Vec<Value> {
+async fn try_claim(
+    client: &Client,
+    size: i64,
+    believed: i64,
+    generation: i64,
+) -> Result<Vec<Value>, fred::error::Error> {
     LuaScript::new(CLAIM)
         .run(
             client,
-            keys(&[
-                "tickets",
-                "reserve:i",
-                "leases",
-                "reserved",
-                "meta",
-                "held",
-                "stale",
-                "reserve_gen",
-            ]),
+            claim_keys("r"),
             vec![
                 Value::from("i"),
                 Value::Integer(size),
@@ -40,15 +36,29 @@ async fn claim(client: &Client, size: i64, believed: i64, generation: i64) -> Ve
             || (),
         )
         .await
-        .unwrap()
 }
 
-async fn release(client: &Client, expected: i64) -> i64 {
+async fn claim(client: &Client, size: i64, believed: i64, generation: i64) -> Vec<Value> {
+    try_claim(client, size, believed, generation).await.unwrap()
+}
+
+async fn release(client: &Client, expected: i64, generation: i64) -> i64 {
     LuaScript::new(RELEASE)
         .run(
             client,
-            keys(&["tickets", "reserve:i", "leases", "reserved", "held"]),
-            vec![Value::from("i"), Value::Integer(expected)],
+            keys(&[
+                "tickets",
+                "reserve:i",
+                "leases",
+                "reserved",
+                "held",
+                "reserve_gen",
+            ]),
+            vec![
+                Value::from("i"),
+                Value::Integer(expected),
+                Value::Integer(generation),
+            ],
             || (),
         )
         .await
@@ -74,7 +84,7 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 9));
 
     // A hand-back of the 10 the owner settled: done.
-    assert_eq!(release(client, 10).await, 10);
+    assert_eq!(release(client, 10, 1).await, 10);
     // The owner still believes it holds 10: the claim says, explicitly, that it holds none.
     let reply = claim(client, 0, 10, 1).await;
     assert_eq!(
@@ -88,7 +98,9 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     let reply = claim(client, 10, 0, 1).await;
     assert_eq!(reply[3].as_i64(), Some(10));
     assert_eq!(reply[6].as_i64(), Some(2), "a refill is a new generation");
-    assert_eq!(release(client, 3).await, -2);
+    assert_eq!(release(client, 3, 2).await, -2);
+    // So does one of the same length as the refill, but of the list before it.
+    assert_eq!(release(client, 10, 1).await, -2);
     let held: i64 = client.llen("event:{r}:reserve:i").await.unwrap();
     assert_eq!(held, 10, "the reserve is still there");
     let reserved: i64 = client.get("event:{r}:reserved").await.unwrap();
@@ -101,6 +113,33 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     assert_eq!(reply.len(), 9 + 10, "the whole list of generation 2");
     let reply = claim(client, 10, 10, 2).await;
     assert_eq!((reply[5].as_i64(), reply.len()), (Some(0), 9));
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_count_the_generation_up_changes_nothing() {
+    let redis = RedisServer::start();
+    let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
+    pool.init().await.unwrap();
+    seed_event(&pool, "r", 100, false).await.unwrap();
+    let client = pool.next();
+    let reply = claim(client, 10, 0, -1).await;
+    assert_eq!(reply[6].as_i64(), Some(1));
+    let list: Vec<String> = client.lrange("event:{r}:reserve:i", 0, -1).await.unwrap();
+    // A late settlement marked one of the reserve's tickets sold, and the generation field is
+    // damaged: the claim would swap that ticket for a fresh one at the same length, so it must
+    // fail before it writes anything, not after.
+    let _: i64 = client.sadd("event:{r}:stale", &list[3]).await.unwrap();
+    let _: i64 = client
+        .hset("event:{r}:reserve_gen", ("i", "not a number"))
+        .await
+        .unwrap();
+    assert!(try_claim(client, 10, 10, 1).await.is_err());
+    let after: Vec<String> = client.lrange("event:{r}:reserve:i", 0, -1).await.unwrap();
+    assert_eq!(after, list, "the reserve is as it was");
+    let still: bool = client.sismember("event:{r}:stale", &list[3]).await.unwrap();
+    assert!(still, "the ticket is still marked");
+    let pool_left: i64 = client.llen("event:{r}:tickets").await.unwrap();
+    assert_eq!(pool_left, 90);
 }
 
 /// The eight keys of event `id` for instance `i`, in claim.lua's order.

@@ -1,6 +1,8 @@
 //! Reserve upkeep is per event: one event whose keys Redis refuses (a damaged key) does not
 //! stop the lease renewal and top-up of the others, also when one claim call carries them all
-//! (a single Redis): the failed call is sent again one event at a time.
+//! (a single Redis): the failed call is sent again one event at a time (and the event that
+//! failed alone is claimed alone from then on), and whatever the failed call changed in the
+//! reserves before the error reaches the instance.
 
 mod support;
 
@@ -10,52 +12,70 @@ use fred::prelude::*;
 use hyper::StatusCode;
 use support::{Conn, RedisServer, TicketdProcess};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_failing_event_does_not_stop_the_others_leases() {
-    let redis = RedisServer::start();
+/// A ticketd with reserves of 100 of `good` and `bad` (1000 tickets each; a heartbeat every
+/// fifth of `lease`). Returns the instance id too.
+async fn two_events(
+    redis: &RedisServer,
+    good: &str,
+    bad: &str,
+    lease: &str,
+) -> (TicketdProcess, String) {
     let t = TicketdProcess::on_redis(
-        &redis,
-        "bad=1000,good=1000",
-        &["--fallback-reserve", "100", "--reserve-lease", "2s"],
+        redis,
+        &format!("{good}=1000,{bad}=1000"),
+        &["--fallback-reserve", "100", "--reserve-lease", lease],
     )
     .await;
     t.wait_until(
         |a| {
             let r = &a.json()["fallback"]["reserved"];
-            r["bad"] == 100 && r["good"] == 100
+            r[good] == 100 && r[bad] == 100
         },
         "/metrics?format=json",
     )
     .await;
     let instance = std::fs::read_to_string(t.journal.join("instance")).unwrap();
-    let r = redis.client().await;
-    // claim.lua's ZADD on this key fails with WRONGTYPE at every heartbeat from now on.
-    let _: () = r.del("event:{bad}:leases").await.unwrap();
-    let _: () = r
-        .set("event:{bad}:leases", "damaged", None, None, false)
-        .await
-        .unwrap();
+    (t, instance)
+}
+
+/// Damages `event`'s leases key: claim.lua's `ZADD` on it fails with `WRONGTYPE` at every
+/// heartbeat from then on.
+const DAMAGE: &str = "redis.call('DEL', KEYS[1]); redis.call('SET', KEYS[1], 'damaged')";
+
+/// Waits, within a few heartbeats, until `instance` renews its lease on `event`.
+async fn renewed(r: &Client, t: &TicketdProcess, event: &str, instance: &str) {
     let lease = || async {
         let score: Option<f64> = r
             .custom(
                 fred::cmd!("ZSCORE"),
-                vec!["event:{good}:leases".to_owned(), instance.clone()],
+                vec![format!("event:{{{event}}}:leases"), instance.to_owned()],
             )
             .await
             .unwrap();
-        score.expect("good has a lease")
+        score.unwrap_or_else(|| panic!("{event} has a lease"))
     };
     let before = lease().await;
-    // A heartbeat is 400 ms here: the good event's lease is renewed within a few of them.
     let deadline = Instant::now() + Duration::from_secs(5);
     while lease().await <= before {
         assert!(
             Instant::now() < deadline,
-            "the good event's lease was not renewed:\n{}",
+            "{event}'s lease was not renewed:\n{}",
             t.log_text()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_event_does_not_stop_the_others_leases() {
+    let redis = RedisServer::start();
+    let (t, instance) = two_events(&redis, "good", "bad", "2s").await;
+    let r = redis.client().await;
+    let _: () = r
+        .eval(DAMAGE, vec!["event:{bad}:leases"], Vec::<String>::new())
+        .await
+        .unwrap();
+    renewed(&r, &t, "good", &instance).await;
     // The failing event is logged.
     t.wait_for_log("the other events go on").await;
 }
@@ -71,36 +91,34 @@ async fn one_failing_event_does_not_stop_the_others_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_changed_by_a_failed_claim_of_several_events_still_reaches_the_instance() {
     let redis = RedisServer::start();
-    let t = TicketdProcess::on_redis(
-        &redis,
-        "one=1000,two=1000",
-        &["--fallback-reserve", "100", "--reserve-lease", "3s"],
-    )
-    .await;
-    t.wait_until(
-        |a| {
-            let r = &a.json()["fallback"]["reserved"];
-            r["one"] == 100 && r["two"] == 100
-        },
-        "/metrics?format=json",
-    )
-    .await;
-    let instance = std::fs::read_to_string(t.journal.join("instance")).unwrap();
+    let (t, instance) = two_events(&redis, "one", "two", "3s").await;
     let r = redis.client().await;
     let reserve = format!("event:{{one}}:reserve:{instance}");
-    // Every call of both events now fails in two's part, after one's (catalogue order).
-    let _: () = r.del("event:{two}:leases").await.unwrap();
-    let _: () = r
-        .set("event:{two}:leases", "damaged", None, None, false)
-        .await
-        .unwrap();
-    t.wait_for_log("the other events go on").await;
     let old: Vec<String> = r.lrange(&reserve, 0, -1).await.unwrap();
     assert_eq!(old.len(), 100);
-    let _: () = r.del(&reserve).await.unwrap();
-    let _: () = r.rpush("event:{one}:tickets", old.clone()).await.unwrap();
-    let _: i64 = r.decr_by("event:{one}:reserved", 100).await.unwrap();
-    // The next failing call refills the reserve from the head of the pool.
+    // At once, between two heartbeats: one's reserve goes back to the pool, and two's leases
+    // key is damaged, so the next call of both events fails in two's part, after one's
+    // (catalogue order), which refills one's reserve from the head of the pool. (From then on
+    // two is claimed alone.)
+    let back = format!(
+        "local ids = redis.call('LRANGE', KEYS[1], 0, -1); redis.call('DEL', KEYS[1]); \
+         redis.call('RPUSH', KEYS[2], unpack(ids)); redis.call('DECRBY', KEYS[3], #ids); \
+         {}",
+        DAMAGE.replace("KEYS[1]", "KEYS[4]")
+    );
+    let _: () = r
+        .eval(
+            back,
+            vec![
+                reserve.clone(),
+                "event:{one}:tickets".into(),
+                "event:{one}:reserved".into(),
+                "event:{two}:leases".into(),
+            ],
+            Vec::<String>::new(),
+        )
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let new: Vec<String> = loop {
         let list: Vec<String> = r.lrange(&reserve, 0, -1).await.unwrap();
@@ -115,23 +133,8 @@ async fn a_reserve_changed_by_a_failed_claim_of_several_events_still_reaches_the
         "refilled with other tickets"
     );
     // Two more rounds: the retry alone of the round that refilled, and one after it.
-    let lease = || async {
-        let score: Option<f64> = r
-            .custom(
-                fred::cmd!("ZSCORE"),
-                vec!["event:{one}:leases".to_owned(), instance.clone()],
-            )
-            .await
-            .unwrap();
-        score.expect("one has a lease")
-    };
     for _ in 0..2 {
-        let before = lease().await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while lease().await <= before {
-            assert!(Instant::now() < deadline, "no renewal:\n{}", t.log_text());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        renewed(&r, &t, "one", &instance).await;
     }
 
     // An outage: the instance sells from what it believes is its reserve.

@@ -15,7 +15,7 @@ use crate::store::fallback::{EventReserve, Shared};
 use crate::store::scripts::LuaScript;
 use crate::store::StoreError;
 
-/// Events per claim call on a single Redis at most: seven keys each, and Redis runs the call's
+/// Events per claim call on a single Redis at most: eight keys each, and Redis runs the call's
 /// events one after the other before it serves anything else (about 15 µs each for a plain
 /// heartbeat here), so a purchase queued behind a call waits about a millisecond.
 pub const CLAIM_EVENTS: usize = 64;

@@ -53,6 +53,9 @@ pub async fn run(s: Arc<Shared>) {
     // Two heartbeats and two calls' bounds between looks are still "watching".
     let gap = s.options.heartbeat() * 2 + s.call_bound() * 2;
     let mut watch = LeaseWatch::new(s.options.lease, gap);
+    // Events whose claim failed alone (a damaged key): claimed alone from then on, so that
+    // they do not fail every call they share with others.
+    let mut alone: HashSet<Box<str>> = HashSet::new();
     let mut backoff = Duration::from_millis(50);
     let errors = Throttle::new(Duration::from_secs(10));
     // Journal marks whose segments were all settled, since when, and under which takeover count.
@@ -116,7 +119,7 @@ pub async fn run(s: Arc<Shared>) {
                 None
             };
             watch.prune(Instant::now());
-            match maintain_all(&s, &scripts, &mut watch, &errors).await {
+            match maintain_all(&s, &scripts, &mut watch, &mut alone, &errors).await {
                 Ok(()) => {
                     let takeovers = s.takeovers.load(Ordering::Acquire);
                     // Sales taken over from another shard since a mark was queued may sit in
@@ -172,13 +175,15 @@ const CLAIM_CALLS_IN_FLIGHT: usize = 4;
 
 /// One upkeep of every event: on a single Redis [`events_per_call`] events per claim call,
 /// [`CLAIM_CALLS_IN_FLIGHT`] calls at a time; on a cluster's shard one event per call,
-/// [`UPKEEP_IN_FLIGHT`] at a time. A failure of one event (a damaged key, a script error) is
-/// logged and the others go on; an outage ends the round once the upkeeps already started have
-/// finished (no new one starts), since every other call would fail as well.
+/// [`UPKEEP_IN_FLIGHT`] at a time; the events of `alone` one per call. A failure of one event
+/// (a damaged key, a script error) is logged and the others go on; an outage ends the round
+/// once the upkeeps already started have finished (no new one starts), since every other call
+/// would fail as well.
 async fn maintain_all(
     s: &Shared,
     scripts: &Scripts,
     watch: &mut LeaseWatch,
+    alone: &mut HashSet<Box<str>>,
     errors: &Throttle,
 ) -> Result<(), StoreError> {
     if !s.recovered.lock().is_empty() {
@@ -189,16 +194,21 @@ async fn maintain_all(
     } else {
         (1, UPKEEP_IN_FLIGHT)
     };
+    let (solo, events): (Vec<_>, Vec<_>) =
+        s.events().into_iter().partition(|e| alone.contains(&*e.id));
     let round = Round {
         s,
         scripts,
         watch: parking_lot::Mutex::new(watch),
+        alone: parking_lot::Mutex::new(alone),
         outage: parking_lot::Mutex::new(None),
         errors,
     };
-    let events = s.events();
     use futures_util::StreamExt as _;
-    let groups = events.chunks(per_call).map(<[Arc<Event>]>::to_vec);
+    let groups = events
+        .chunks(per_call)
+        .map(<[Arc<Event>]>::to_vec)
+        .chain(solo.into_iter().map(|e| vec![e]));
     futures_util::stream::iter(groups.map(|group| round.upkeep(group)))
         .buffer_unordered(in_flight)
         .for_each(|()| async {})
@@ -214,6 +224,9 @@ struct Round<'a, 'w> {
     s: &'a Shared,
     scripts: &'a Scripts,
     watch: parking_lot::Mutex<&'w mut LeaseWatch>,
+    /// Events claimed alone (see [`run`]): added when a claim of one event fails other than by
+    /// an outage, removed when it succeeds.
+    alone: parking_lot::Mutex<&'w mut HashSet<Box<str>>>,
     /// The first outage seen: no upkeep starts after it.
     outage: parking_lot::Mutex<Option<StoreError>>,
     errors: &'a Throttle,
@@ -288,14 +301,21 @@ impl Round<'_, '_> {
         let sent = s.now_ms();
         let e = match claim(s, &self.scripts.claim, claims).await {
             Ok(parts) => {
+                if let [one] = claims {
+                    self.alone.lock().remove(&*one.reserve.event.id);
+                }
                 let seen = Seen::now(sent);
                 return claims
                     .iter()
                     .zip(parts.into_iter().map(|p| Ok((p, seen))))
                     .collect();
             }
-            Err(e) if e.is_outage() || claims.len() == 1 => {
+            Err(e) if e.is_outage() => {
                 return claims.iter().map(|c| (c, Err(e.clone()))).collect();
+            }
+            Err(e) if claims.len() == 1 => {
+                self.alone.lock().insert(claims[0].reserve.event.id.clone());
+                return vec![(&claims[0], Err(e))];
             }
             Err(e) => e,
         };
@@ -311,6 +331,9 @@ impl Round<'_, '_> {
             let answer = claim(s, &self.scripts.claim, std::slice::from_ref(c))
                 .await
                 .map(|mut parts| (parts.remove(0), Seen::now(sent)));
+            if matches!(&answer, Err(e) if !e.is_outage()) {
+                self.alone.lock().insert(c.reserve.event.id.clone());
+            }
             answers.push((c, answer));
         }
         answers
@@ -557,10 +580,13 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         er.event.keys.leases.clone(),
         er.event.keys.reserved.clone(),
         er.event.keys.held.clone(),
+        er.event.keys.reserve_gen.clone(),
     ];
-    // Exactly the unsold rest of the reserve we settled; a list of another length is not ours
-    // to hand back (release.lua leaves it, and the next claim shows it to us).
+    // Exactly the unsold rest of the reserve we settled; a list of another length or
+    // generation is not ours to hand back (release.lua leaves it, and the next claim shows it
+    // to us).
     let expected = er.current.read().held_in_redis();
+    let generation = er.generation.load(Ordering::Acquire);
     let span = tracing::info_span!(target: crate::otel::TARGET, "release reserve", ticketd.event = %er.event.id, ticketd.tickets = expected);
     let call = s.call(
         &scripts.release,
@@ -568,6 +594,7 @@ async fn release(s: &Shared, scripts: &Scripts, er: &EventReserve) -> Result<(),
         vec![
             Value::from(s.redis.instance()),
             Value::Integer(expected as i64),
+            Value::Integer(generation),
         ],
     );
     let returned: i64 = traced(span, call).await?;
