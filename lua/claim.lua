@@ -70,10 +70,12 @@ local function claim(k, believed, known)
     emit({-2, 0, 0, 0, 0, 0, 0}, {}, leases(KEYS[k + 3]))
     return
   end
-  local gen = tonumber(redis.call('HGET', KEYS[k + 8], me) or 0)
-  if not gen then
+  -- Only an integer, as HINCRBY takes it: anything else fails here, before any write.
+  local raw = redis.call('HGET', KEYS[k + 8], me) or '0'
+  if not string.match(raw, '^%-?%d+$') then
     error('not a generation in ' .. KEYS[k + 8] .. ' ' .. me)
   end
+  local gen = tonumber(raw)
   -- Counted up before the list (or the pool it takes from) is first written: a script that
   -- fails after a write, on a damaged key, then leaves no change under the old generation.
   local bumped = false

@@ -24,9 +24,14 @@ if ARGV[2] == 'held' then
   if not held then
     return -1
   end
-elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2])
-  or (tonumber(redis.call('HGET', KEYS[6], ARGV[1])) or 0) ~= tonumber(ARGV[3]) then
-  return -2
+else
+  -- An empty list is the same whatever its generation (an instance that never acted on a
+  -- claim of the event sends -1), so only a list with tickets is checked for it.
+  local n = tonumber(ARGV[2])
+  if redis.call('LLEN', KEYS[2]) ~= n
+    or (n > 0 and (tonumber(redis.call('HGET', KEYS[6], ARGV[1])) or 0) ~= tonumber(ARGV[3])) then
+    return -2
+  end
 end
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = 1, #ids, 1000 do

@@ -73,6 +73,9 @@ async fn claims_say_empty_and_stale_hand_backs_do_nothing() {
     seed_event(&pool, "r", 100, false).await.unwrap();
     let client = pool.next();
 
+    // An instance that never acted on a claim hands back an empty reserve (no generation to
+    // name: -1).
+    assert_eq!(release(client, 0, -1).await, 0);
     // A first claim moves 10 tickets and lists them, as generation 1 of the list.
     let reply = claim(client, 10, 0, -1).await;
     assert_eq!(reply[3].as_i64(), Some(10), "moved");
@@ -129,8 +132,9 @@ async fn a_claim_that_cannot_count_the_generation_up_changes_nothing() {
     // damaged: the claim would swap that ticket for a fresh one at the same length, so it must
     // fail before it writes anything, not after.
     let _: i64 = client.sadd("event:{r}:stale", &list[3]).await.unwrap();
+    // Not an integer, though Lua's tonumber reads it (HINCRBY would refuse it).
     let _: i64 = client
-        .hset("event:{r}:reserve_gen", ("i", "not a number"))
+        .hset("event:{r}:reserve_gen", ("i", "1.5"))
         .await
         .unwrap();
     assert!(try_claim(client, 10, 10, 1).await.is_err());

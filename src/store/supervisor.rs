@@ -196,6 +196,7 @@ async fn maintain_all(
     };
     let (solo, events): (Vec<_>, Vec<_>) =
         s.events().into_iter().partition(|e| alone.contains(&*e.id));
+    alone.retain(|id| solo.iter().any(|e| e.id == *id)); // events gone from the catalogue
     let round = Round {
         s,
         scripts,
@@ -331,10 +332,22 @@ impl Round<'_, '_> {
             let answer = claim(s, &self.scripts.claim, std::slice::from_ref(c))
                 .await
                 .map(|mut parts| (parts.remove(0), Seen::now(sent)));
-            if matches!(&answer, Err(e) if !e.is_outage()) {
-                self.alone.lock().insert(c.reserve.event.id.clone());
+            if let Err(e) = &answer {
+                if e.is_outage() {
+                    self.outage.lock().get_or_insert(e.clone()); // no more calls this round
+                }
             }
             answers.push((c, answer));
+        }
+        // Alone from now on: the events that failed alone while another succeeded (when none
+        // did, the fault is Redis's, not an event's).
+        if answers.iter().any(|(_, a)| a.is_ok()) {
+            let mut alone = self.alone.lock();
+            for (c, a) in &answers {
+                if matches!(a, Err(e) if !e.is_outage()) {
+                    alone.insert(c.reserve.event.id.clone());
+                }
+            }
         }
         answers
     }
