@@ -196,7 +196,9 @@ async fn maintain_all(
     };
     let (solo, events): (Vec<_>, Vec<_>) =
         s.events().into_iter().partition(|e| alone.contains(&*e.id));
-    alone.retain(|id| solo.iter().any(|e| e.id == *id)); // events gone from the catalogue
+    // Events gone from the catalogue or the shard leave the set.
+    let current: HashSet<&str> = solo.iter().map(|e| &*e.id).collect();
+    alone.retain(|id| current.contains(&**id));
     let round = Round {
         s,
         scripts,
@@ -225,8 +227,9 @@ struct Round<'a, 'w> {
     s: &'a Shared,
     scripts: &'a Scripts,
     watch: parking_lot::Mutex<&'w mut LeaseWatch>,
-    /// Events claimed alone (see [`run`]): added when a claim of one event fails other than by
-    /// an outage, removed when it succeeds.
+    /// Events claimed alone (see [`run`]): added when an event fails alone, other than by an
+    /// outage, in the retry of a failed call of several while another succeeds (so never on a
+    /// cluster's shard, whose calls carry one event); removed when a claim of it succeeds.
     alone: parking_lot::Mutex<&'w mut HashSet<Box<str>>>,
     /// The first outage seen: no upkeep starts after it.
     outage: parking_lot::Mutex<Option<StoreError>>,
@@ -315,8 +318,7 @@ impl Round<'_, '_> {
                 return claims.iter().map(|c| (c, Err(e.clone()))).collect();
             }
             Err(e) if claims.len() == 1 => {
-                self.alone.lock().insert(claims[0].reserve.event.id.clone());
-                return vec![(&claims[0], Err(e))];
+                return vec![(&claims[0], Err(e))]; // an event of `alone` stays in it
             }
             Err(e) => e,
         };
