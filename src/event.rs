@@ -155,6 +155,21 @@ impl EventKeys {
         ]
     }
 
+    /// One event's eight keys in a `claim.lua` call, in its order, with `reserve` the
+    /// instance's reserve list ([`Self::reserve`]).
+    pub fn claim_keys(&self, reserve: &Key) -> [Key; 8] {
+        [
+            self.tickets.clone(),
+            reserve.clone(),
+            self.leases.clone(),
+            self.reserved.clone(),
+            self.meta.clone(),
+            self.held.clone(),
+            self.stale.clone(),
+            self.reserve_gen.clone(),
+        ]
+    }
+
     /// The keys of `purchase.lua` with buyers, and of `cancel.lua` (`KEYS[1..9]`).
     pub fn buyer_script_keys(&self) -> Vec<Key> {
         let mut keys = self.script_keys();

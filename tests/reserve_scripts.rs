@@ -6,6 +6,7 @@ mod support;
 
 use fred::prelude::*;
 use fred::types::Value;
+use ticketd::event::EventKeys;
 use ticketd::seed::seed_event;
 use ticketd::store::redis::{build_pool, RedisOptions};
 use ticketd::store::scripts::{LuaScript, CLAIM, RELEASE};
@@ -147,20 +148,10 @@ async fn a_claim_that_cannot_count_the_generation_up_changes_nothing() {
 }
 
 /// The eight keys of event `id` for instance `i`, in claim.lua's order.
-fn claim_keys(id: &str) -> Vec<String> {
-    [
-        "tickets",
-        "reserve:i",
-        "leases",
-        "reserved",
-        "meta",
-        "held",
-        "stale",
-        "reserve_gen",
-    ]
-    .iter()
-    .map(|n| format!("event:{{{id}}}:{n}"))
-    .collect()
+fn claim_keys(id: &str) -> Vec<Key> {
+    EventKeys::new(id)
+        .claim_keys(&EventKeys::reserve(id, "i"))
+        .into()
 }
 
 #[tokio::test]
@@ -179,7 +170,7 @@ async fn one_claim_of_several_events_does_for_each_what_a_claim_of_it_alone_does
         )
         .await
         .unwrap();
-    let keys: Vec<String> = ["e1", "gone", "e2"]
+    let keys: Vec<Key> = ["e1", "gone", "e2"]
         .iter()
         .flat_map(|id| claim_keys(id))
         .collect();

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use fred::prelude::*;
 use fred::types::Value;
+use ticketd::event::EventKeys;
 use ticketd::seed::seed_event;
 use ticketd::store::redis::{build_pool, RedisOptions};
 use ticketd::store::scripts::{LuaScript, CLAIM, PURCHASE, SETTLE};
@@ -116,16 +117,9 @@ async fn late_sales_on_a_million_ticket_pool_are_cheap_and_never_resold() {
     let reply: Vec<Value> = LuaScript::new(CLAIM)
         .run(
             client,
-            keys(&[
-                "tickets",
-                "reserve:other",
-                "leases",
-                "reserved",
-                "meta",
-                "held",
-                "stale",
-                "reserve_gen",
-            ]),
+            EventKeys::new("big")
+                .claim_keys(&EventKeys::reserve("big", "other"))
+                .to_vec(),
             vec![
                 Value::from("other"),
                 Value::Integer(10),

@@ -75,17 +75,7 @@ pub async fn claim(
     args.push(Value::Integer(s.options.reserve as i64));
     args.push(Value::Integer(s.options.lease.as_millis() as i64));
     for c in claims {
-        let k = &c.reserve.event.keys;
-        keys.extend([
-            k.tickets.clone(),
-            c.reserve.key.clone(),
-            k.leases.clone(),
-            k.reserved.clone(),
-            k.meta.clone(),
-            k.held.clone(),
-            k.stale.clone(),
-            k.reserve_gen.clone(),
-        ]);
+        keys.extend(c.reserve.event.keys.claim_keys(&c.reserve.key));
         args.push(Value::Integer(c.believed as i64));
         args.push(Value::Integer(c.reserve.generation.load(Ordering::Acquire)));
     }
