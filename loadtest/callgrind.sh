@@ -9,7 +9,8 @@
 # Redis's own time per call is in `redis-cli info commandstats`.
 #
 # Usage: bash loadtest/callgrind.sh
-#   CASES="healthz buy-memory buy-redis"
+#   CASES="healthz buy-memory buy-redis"   also buy-redis-jwt (an HS256 token of one of 1000
+#         buyers on every request) and buy-redis-jwt-key (the same, plus a fresh Idempotency-Key)
 #   CONNECTIONS=64    load tester connections (batches grow with them)
 #   N1=5000 N2=25000  requests of the two runs
 #   TICKETD_BIN, LOADTEST_BIN   count these binaries instead of building (before/after)
@@ -38,11 +39,18 @@ trap 'exit 130' INT TERM
 start_redis "$WORK"
 
 count() { # case requests: instructions of one whole ticketd run serving that many requests
-  local case=$1 n=$2 store=memory extra=(--events 1) port server
+  local case=$1 n=$2 store=memory extra=(--events 1) serve=() port server
+  local secret=callgrind-secret-0123456789abcdef
   case $case in
     healthz) extra=(--method GET --path /healthz) ;;
     buy-memory) ;;
     buy-redis) store=redis ;;
+    buy-redis-jwt)
+      store=redis serve=(--jwt-secret "$secret")
+      extra+=(--jwt-secret "$secret" --buyers 1000) ;;
+    buy-redis-jwt-key)
+      store=redis serve=(--jwt-secret "$secret")
+      extra+=(--jwt-secret "$secret" --buyers 1000 --idempotency-keys) ;;
     *) echo "callgrind.sh: unknown case $case" >&2; exit 1 ;;
   esac
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -53,7 +61,7 @@ count() { # case requests: instructions of one whole ticketd run serving that ma
   TICKETD_JOURNAL_DIR="$WORK/journal" \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$TICKETD" --store "$store" \
     --redis-url "$REDIS_URL" --events 1=1000000 --listen "127.0.0.1:$port" --stats-interval 0 \
-    >"$WORK/ticketd.log" 2>&1 &
+    "${serve[@]}" >"$WORK/ticketd.log" 2>&1 &
   server=$!
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
@@ -82,10 +90,10 @@ for case in $CASES; do
   ratio=-
   [ -n "$base" ] && ratio=$(awk -v a="$per" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
   echo "| $case | $per | $ratio |"
-  if [ "$case" = buy-redis ]; then
+  if [[ $case == buy-redis* ]]; then
     read -r sold calls <"$WORK/batches"
     if [ "$calls" != null ]; then
-      echo "  buy-redis: $sold sales in $calls script calls at $CONNECTIONS connections" >&2
+      echo "  $case: $sold sales in $calls script calls at $CONNECTIONS connections" >&2
     fi
   fi
 done

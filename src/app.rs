@@ -27,6 +27,9 @@ use crate::sold_out::Seen;
 use crate::store::purchaser::Purchaser;
 use crate::store::{Sale, Store, StoreError};
 
+/// What a purchase request buys and who buys it (`None`: anonymous).
+type Target = (Arc<Event>, Option<Arc<Purchaser>>);
+
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -109,8 +112,8 @@ impl<S: Store> App<S> {
         &self.inner.store
     }
 
-    /// Answers one request, as [`App::handle`] does, but does the request work of an anonymous
-    /// purchase (routing, the catalogue, the buyer headers) at once, before the returned future
+    /// Answers one request, as [`App::handle`] does, but does the request work of a purchase
+    /// (routing, the catalogue, the buyer's token and key) at once, before the returned future
     /// is first polled, and drops the request there.
     ///
     /// Why: hyper calls the service as soon as it has parsed a request head, and then reads the
@@ -126,15 +129,21 @@ impl<S: Store> App<S> {
         let purchase = if crate::otel::enabled() {
             None
         } else {
-            self.anonymous_purchase(&req)
+            self.early_purchase(&req)
         };
         match purchase {
-            Some(event) => {
+            Some(purchase) => {
                 drop(req);
                 Either::Left(async move {
                     let m = &self.inner.metrics;
                     let _in_flight = m.request_started();
-                    let response = self.buy(event, false).await;
+                    let response = match purchase {
+                        Ok((event, None)) => self.buy(event, false).await,
+                        // Boxed as in `answer`: a known buyer's larger future must not size
+                        // every connection's.
+                        Ok((event, Some(who))) => Box::pin(self.buy_as(event, who, false)).await,
+                        Err(refused) => refused.into_response(),
+                    };
                     m.record_http(Route::Buy("").label(), response.status().as_u16());
                     response
                 })
@@ -144,14 +153,16 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// The event of `req` when it is an anonymous purchase that passes every check before the
-    /// store; `None` for anything else (answered by [`App::handle`], which says why).
-    fn anonymous_purchase<B>(&self, req: &Request<B>) -> Option<Arc<Event>> {
+    /// For a purchase request, the event and purchaser (`None`: anonymous) once every check
+    /// before the store passed, or the answer that refuses it, in the order `answer` checks
+    /// them (so a token is verified once per request, refused or not); `None` for any other
+    /// request.
+    fn early_purchase<B>(&self, req: &Request<B>) -> Option<Result<Target, ApiError>> {
         match route(req.method(), req.uri().path()) {
-            Route::Buy(id) => match self.who(req) {
-                Ok(None) => self.buy_target(req, id).ok(),
-                _ => None,
-            },
+            Route::Buy(id) => Some(
+                self.who(req)
+                    .and_then(|who| Ok((self.buy_target(req, id)?, who))),
+            ),
             _ => None,
         }
     }
@@ -182,10 +193,10 @@ impl<S: Store> App<S> {
         let r = route(req.method(), req.uri().path());
         let label = r.label();
         let response = match r {
-            Route::Buy(id) => match self.who(&req).and_then(|who| {
-                let event = self.buy_target(&req, id)?;
-                Ok((event, who))
-            }) {
+            Route::Buy(id) => match self
+                .who(&req)
+                .and_then(|who| Ok((self.buy_target(&req, id)?, who)))
+            {
                 Ok((event, None)) => {
                     // Nothing of the request is needed past this point. Dropped before the
                     // store call, it releases the head's bytes, so hyper reuses its read buffer

@@ -408,8 +408,11 @@ impl Store for ResilientStore {
         event: &'a Arc<Event>,
         who: &'a Arc<Purchaser>,
     ) -> (StorePath, Result<Sale, StoreError>) {
-        // On a single Redis the purchase script binds the key itself, in the same call.
-        if !self.binds_keys() && claim_refused(self.claim(who, &event.id).await, who, event) {
+        // On a single Redis the purchase script binds the key itself, in the same call. Boxed:
+        // the binding's Redis future must not size every known buyer's purchase.
+        if !self.binds_keys()
+            && claim_refused(Box::pin(self.claim(who, &event.id)).await, who, event)
+        {
             return (StorePath::Redis, Ok(Sale::KeyReused));
         }
         self.sell(event, Some(who)).await
