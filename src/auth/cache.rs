@@ -4,9 +4,9 @@
 //!
 //! Only a token that passed every check goes in, keyed by the hash of its bytes and compared
 //! in full on every hit (a hash alone never answers), with its buyer and the last second it is
-//! valid (`exp` plus the leeway). A hit past that second is a miss, and the token is checked again (and refused). The
-//! claims checked besides the signature cannot turn false later: issuer and audience are fixed
-//! and `nbf` only ever passes once it did.
+//! valid (`exp` plus the leeway). A hit past that second is a miss, and the token is checked
+//! again (and refused). The claims checked besides the signature cannot turn false later:
+//! issuer and audience are fixed and `nbf` only ever passes once it did.
 //!
 //! Bounded: `capacity` tokens at most, in [`SHARDS`] shards, each with two generations: a shard
 //! whose current generation is full drops its previous one and starts a new one; a hit in the
@@ -23,6 +23,9 @@ use super::Buyer;
 
 /// Shards of the cache: purchases on different cores seldom wait for the same lock.
 pub const SHARDS: usize = 16;
+
+// A shard is picked by the hash's top 4 bits ([`TokenCache::shard_of`]).
+const _: () = assert!(SHARDS <= 16);
 
 /// Verified tokens by their bytes.
 pub struct TokenCache {
@@ -256,7 +259,9 @@ mod tests {
             }
             drop(shard);
             assert_eq!(c.get(b"t2", 10), None, "compared in full");
-            c.shard(h2).lock().current.remove(&h2);
+            let mut shard = c.shard(h2).lock();
+            shard.current.remove(&h2);
+            shard.previous.remove(&h2);
         }
         assert_eq!(c.get(b"t1", 10), Some(buyer("b-1")));
     }

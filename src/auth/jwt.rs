@@ -206,11 +206,12 @@ impl JwtAuth {
     }
 
     /// [`JwtAuth::verify`] without the cache lookup: checks the signature and claims, and keeps
-    /// the token in the cache when they pass.
+    /// the token in the cache when they pass. Only for bytes that passed the form check
+    /// (`Auth::buyer` looks the cache up before that check).
     ///
     /// # Errors
     /// Why the token was refused.
-    pub fn check(&self, token: &[u8]) -> Result<Buyer, Refused> {
+    pub(super) fn check(&self, token: &[u8]) -> Result<Buyer, Refused> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
         let buyer = Buyer::new(data.claims.sub).ok_or(Refused::BadSubject)?;
         if let Some(cache) = &self.cache {
@@ -536,5 +537,54 @@ mod tests {
             auth.buyer(&HeaderMap::new()),
             Err(ApiError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_in_a_header_that_would_refuse_it() {
+        // The cache is asked before the token's form is checked: what surrounds the token must
+        // refuse it all the same.
+        let auth = Auth::Jwt(Box::new(
+            JwtAuth::hs256(SECRET, &checks()).unwrap().with_cache(100),
+        ));
+        let good = hs256(&json!({"sub": "b-1", "exp": now() + 60}));
+        let with = |values: &[String]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("authorization", HeaderValue::from_str(v).unwrap());
+            }
+            auth.buyer(&headers)
+        };
+        let bearer = format!("Bearer {good}");
+        assert_eq!(
+            with(std::slice::from_ref(&bearer))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "b-1"
+        );
+        let Auth::Jwt(jwt) = &auth else {
+            unreachable!()
+        };
+        assert!(jwt.cached(good.as_bytes()).is_some(), "kept");
+        for refused in [
+            vec![bearer.clone(), bearer.clone()],
+            vec![format!("Basic {good}")],
+            vec![format!("Bearer{good}")],
+            vec![format!("Bearer {good} x")],
+            vec![format!("Bearer {good},")],
+        ] {
+            assert!(
+                matches!(with(&refused), Err(ApiError::Unauthorized)),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            with(&[format!("bearer   {good}")])
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "b-1",
+            "scheme in any case, several spaces"
+        );
     }
 }
