@@ -18,11 +18,17 @@ pub struct RedisServer {
 /// A port nobody listens on right now (never 6379). Below the kernel's ephemeral range (32768
 /// and up on Linux): servers restarted on the same port (Redis, ticketd) must not find it taken
 /// meanwhile as the source port of some outgoing connection.
+/// Never the same port twice in one test process: two tests running side by side could
+/// otherwise be handed one port before either listens on it.
 pub fn free_port() -> u16 {
-    (0..1000)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (0..1000)
         .map(|_| rand::random_range(20_000..32_000u16))
-        .find(|&p| p != 6379 && TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port in 20000..32000")
+        .find(|&p| p != 6379 && !given.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 20000..32000");
+    given.push(port);
+    port
 }
 
 impl RedisServer {

@@ -98,6 +98,14 @@ impl Drop for Ticketd {
 
 /// Polls `path` on `addr` until `ok` holds, within [`super::WAIT`].
 pub async fn wait_until(addr: SocketAddr, ok: impl Fn(&super::Answer) -> bool, path: &str) {
+    assert!(
+        answers_within(addr, ok, path).await,
+        "{path} on {addr} never became ready"
+    );
+}
+
+/// Whether `path` on `addr` satisfied `ok` within [`super::WAIT`].
+async fn answers_within(addr: SocketAddr, ok: impl Fn(&super::Answer) -> bool, path: &str) -> bool {
     let deadline = Instant::now() + super::WAIT;
     loop {
         let attempt = async {
@@ -108,13 +116,12 @@ pub async fn wait_until(addr: SocketAddr, ok: impl Fn(&super::Answer) -> bool, p
         // test, not hang it.
         if let Ok(Some(a)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
             if ok(&a) {
-                return;
+                return true;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} on {addr} never became ready"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -134,8 +141,15 @@ pub struct TicketdProcess {
 impl TicketdProcess {
     /// Spawns `ticketd --listen 127.0.0.1:<free> <args>` and waits for `/healthz`.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let p = Self::launch(args, env);
-        wait_until(p.addr, |a| a.status == 200, "/healthz").await;
+        let mut p = Self::launch(args, env);
+        if !answers_within(p.addr, |a| a.status == 200, "/healthz").await {
+            let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "/healthz on {} never became ready (process exited: {exited:?}); its log:\n{}",
+                p.addr,
+                p.log_text()
+            );
+        }
         p
     }
 
