@@ -8,21 +8,22 @@
 //! one ticket is sold per (buyer, key).
 
 use std::collections::HashSet;
-use std::hash::BuildHasher;
 
 use parking_lot::Mutex;
+
+use crate::seeded_hash::{BuildPrehashed, SeededHash};
 
 /// Shards of the set, so that keyed purchases on different cores rarely share a lock.
 const SHARDS: usize = 16;
 
-/// The (buyer, key) pairs of purchases not yet answered, by a 64-bit hash of the pair (with a
-/// key chosen at random per process): nothing is allocated per purchase. Two pairs of the same
+/// The (buyer, key) pairs of purchases not yet answered, by a 64-bit hash of the pair (a
+/// [`SeededHash`], its seed random per process): nothing is allocated per purchase. Two pairs of the same
 /// hash would make the second wait for the first's answer (a `409` it can retry), with a chance
 /// of about one in 2^64 per pair in flight.
 #[derive(Debug)]
 pub struct KeysInFlight {
-    shards: [Mutex<HashSet<u64>>; SHARDS],
-    hasher: std::collections::hash_map::RandomState,
+    shards: [Mutex<HashSet<u64, BuildPrehashed>>; SHARDS],
+    hasher: SeededHash,
 }
 
 impl Default for KeysInFlight {
@@ -45,7 +46,7 @@ pub struct InFlight<'a> {
 impl KeysInFlight {
     /// Marks (`buyer`, `key`) in flight, or `None` when it is already.
     pub fn enter(&self, buyer: &str, key: &str) -> Option<InFlight<'_>> {
-        let hash = self.hasher.hash_one((buyer, key));
+        let hash = self.hasher.pair(buyer.as_bytes(), key.as_bytes());
         let shard = hash as usize % SHARDS;
         if !self.shards[shard].lock().insert(hash) {
             return None;

@@ -11,6 +11,7 @@
 //! - [`error`]: the client-visible errors and their HTTP mapping, in one place.
 //! - [`auth`]: who buys: a verified JWT ([`auth::jwt`]), a gateway's header, or anonymous.
 //! - [`idempotency_key`]: the `Idempotency-Key` header (an RFC 8941 String), parsed.
+//! - [`seeded_hash`]: the fast seeded hash of the token cache and of the keys in flight.
 //! - [`event`]: event ids, prepared Redis keys, ticket id format.
 //! - [`catalog`]: which events exist, answered without Redis.
 //! - [`store`]: the `Store` trait; [`store::redis`], [`store::pool`] (the fred pool and the
@@ -54,6 +55,7 @@ pub mod response;
 pub mod router;
 pub mod run;
 pub mod seed;
+pub mod seeded_hash;
 pub mod server;
 pub mod shutdown;
 pub mod sold_out;

@@ -14,12 +14,12 @@
 //! for a while goes, and neither a flood of valid tokens nor expired ones grow the cache.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::Buyer;
+use crate::seeded_hash::{BuildPrehashed, SeededHash};
 
 /// Shards of the cache: purchases on different cores seldom wait for the same lock.
 pub const SHARDS: usize = 16;
@@ -33,12 +33,12 @@ pub struct TokenCache {
     /// Most tokens in one generation of one shard.
     per_generation: usize,
     /// Random per process, so that which tokens share a bucket cannot be known outside.
-    seed: u64,
+    hasher: SeededHash,
 }
 
 /// Tokens by the hash of their bytes ([`TokenCache::hash`], computed once per lookup for the
 /// shard and the map both). Two tokens of one hash keep the later: a miss costs a check.
-type Tokens = HashMap<u64, Entry, BuildHasherDefault<Spread>>;
+type Tokens = HashMap<u64, Entry, BuildPrehashed>;
 
 #[derive(Default)]
 struct Shard {
@@ -51,35 +51,6 @@ struct Entry {
     buyer: Buyer,
     /// Last unix second the token is valid in (`exp` + leeway).
     until: u64,
-}
-
-/// The map's hasher: the key is a hash already, so it is only mixed once more (hashbrown takes
-/// its control bits from the top and its bucket from the bottom).
-#[derive(Default)]
-struct Spread(u64);
-
-impl Hasher for Spread {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not called for the map's u64 keys; correct all the same.
-        for &b in bytes {
-            self.0 = fold(self.0 ^ u64::from(b), 0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, h: u64) {
-        self.0 = fold(h, 0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// The high and low halves of the 128-bit product, xored: the mixing step of wyhash and
-/// foldhash.
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -101,31 +72,15 @@ impl TokenCache {
         Some(TokenCache {
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             per_generation,
-            seed: rand::random::<u64>() | 1,
+            hasher: SeededHash::default(),
         })
     }
 
-    /// A seeded hash of `token`, 8 bytes at a time: a few instructions per word where SipHash
-    /// spends about 500 on a 200-byte token, and once per lookup where the shard and its map
-    /// each hashed the token before (design.md, Findings). Not a defence against chosen
-    /// collisions, and none is needed: only tokens that passed the signature check go in, so
-    /// nobody without the key chooses what the map holds, and a lookup costs one probe whatever
-    /// the bytes.
+    /// The token's hash, once per lookup where the shard and its map each hashed it before
+    /// ([`SeededHash`]). Only tokens that passed the signature check go in, so nobody without
+    /// the key chooses what the map holds, and a lookup costs one probe whatever the bytes.
     fn hash(&self, token: &[u8]) -> u64 {
-        let mut h = self.seed ^ token.len() as u64;
-        let mut words = token.chunks_exact(8);
-        for w in &mut words {
-            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-            h = fold(h ^ w, 0xa076_1d64_78bd_642f);
-        }
-        let mut last = [0u8; 8];
-        last[..words.remainder().len()].copy_from_slice(words.remainder());
-        let h = fold(h ^ u64::from_le_bytes(last), 0xe703_7ed1_a0b4_28db);
-        // splitmix64's finaliser: one folded multiply leaves the top bits, which pick the
-        // shard, nearly alike for tokens that differ in a few low bytes.
-        let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^ (h >> 31)
+        self.hasher.bytes(token)
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
@@ -264,24 +219,6 @@ mod tests {
             shard.previous.remove(&h2);
         }
         assert_eq!(c.get(b"t1", 10), Some(buyer("b-1")));
-    }
-
-    #[test]
-    fn the_hash_reads_every_byte() {
-        let c = TokenCache::new(100).unwrap();
-        let token = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJidXllci0xIn0.c2lnbmF0dXJl".to_vec();
-        let h = c.hash(&token);
-        for i in 0..token.len() {
-            let mut other = token.clone();
-            other[i] ^= 1;
-            assert_ne!(c.hash(&other), h, "byte {i}");
-        }
-        assert_ne!(c.hash(&token[..token.len() - 1]), h);
-        assert_ne!(
-            c.hash(b"ab\0"),
-            c.hash(b"ab"),
-            "zero padding is not the length"
-        );
     }
 
     #[test]
