@@ -17,9 +17,9 @@ use crate::seeded_hash::{BuildPrehashed, SeededHash};
 const SHARDS: usize = 16;
 
 /// The (buyer, key) pairs of purchases not yet answered, by a 64-bit hash of the pair (a
-/// [`SeededHash`], its seed random per process): nothing is allocated per purchase. Two pairs of the same
-/// hash would make the second wait for the first's answer (a `409` it can retry), with a chance
-/// of about one in 2^64 per pair in flight.
+/// [`SeededHash`], its seed random per process): nothing is allocated per purchase. Two pairs
+/// of the same hash would make the second wait for the first's answer (a `409` it can retry),
+/// with a chance of about one in 2^64 per pair in flight.
 #[derive(Debug)]
 pub struct KeysInFlight {
     shards: [Mutex<HashSet<u64, BuildPrehashed>>; SHARDS],

@@ -32,11 +32,13 @@ pub struct TokenCache {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     /// Most tokens in one generation of one shard.
     per_generation: usize,
-    /// Random per process, so that which tokens share a bucket cannot be known outside.
+    /// The tokens' hash, once per lookup for the shard and its map both. Random per process,
+    /// so which tokens share a bucket cannot be known outside; and only tokens that passed the
+    /// signature check go in, so nobody without the key chooses what the maps hold.
     hasher: SeededHash,
 }
 
-/// Tokens by the hash of their bytes ([`TokenCache::hash`], computed once per lookup for the
+/// Tokens by the hash of their bytes (`TokenCache::hasher`, computed once per lookup for the
 /// shard and the map both). Two tokens of one hash keep the later: a miss costs a check.
 type Tokens = HashMap<u64, Entry, BuildPrehashed>;
 
@@ -76,13 +78,6 @@ impl TokenCache {
         })
     }
 
-    /// The token's hash, once per lookup where the shard and its map each hashed it before
-    /// ([`SeededHash`]). Only tokens that passed the signature check go in, so nobody without
-    /// the key chooses what the map holds, and a lookup costs one probe whatever the bytes.
-    fn hash(&self, token: &[u8]) -> u64 {
-        self.hasher.bytes(token)
-    }
-
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
         &self.shards[Self::shard_of(hash)]
     }
@@ -94,7 +89,7 @@ impl TokenCache {
 
     /// The buyer of `token` if it was verified before and is still valid at unix second `now`.
     pub fn get(&self, token: &[u8], now: u64) -> Option<Buyer> {
-        let hash = self.hash(token);
+        let hash = self.hasher.bytes(token);
         let mut shard = self.shard(hash).lock();
         if let Some(e) = shard.current.get(&hash) {
             return (now <= e.until && *e.token == *token).then(|| e.buyer.clone());
@@ -112,7 +107,7 @@ impl TokenCache {
     /// Keeps `token`, verified now, for `buyer` until unix second `until` (its `exp` plus the
     /// leeway).
     pub fn insert(&self, token: &[u8], buyer: Buyer, until: u64) {
-        let hash = self.hash(token);
+        let hash = self.hasher.bytes(token);
         let entry = Entry {
             token: token.into(),
             buyer,
@@ -198,7 +193,7 @@ mod tests {
         let c = TokenCache::new(100).unwrap();
         c.insert(b"t1", buyer("b-1"), 20);
         // What a collision would leave: t2's hash naming t1's entry, in either generation.
-        let (h1, h2) = (c.hash(b"t1"), c.hash(b"t2"));
+        let (h1, h2) = (c.hasher.bytes(b"t1"), c.hasher.bytes(b"t2"));
         assert_ne!(h1, h2);
         for generation in [false, true] {
             let mut shard = c.shard(h2).lock();
@@ -227,7 +222,7 @@ mod tests {
         // not crowd one shard: that would evict tokens in use.
         let c = TokenCache::new(100).unwrap();
         let shards: Vec<usize> = (0..10_000u32)
-            .map(|i| TokenCache::shard_of(c.hash(format!("token-{i}").as_bytes())))
+            .map(|i| TokenCache::shard_of(c.hasher.bytes(format!("token-{i}").as_bytes())))
             .collect();
         let alike = shards.windows(2).filter(|w| w[0] == w[1]).count();
         // 625 expected (1 in 16), with a standard deviation of 24.

@@ -18,6 +18,7 @@ pub struct RedisServer {
 /// A port nobody listens on right now (never 6379). Below the kernel's ephemeral range (32768
 /// and up on Linux): servers restarted on the same port (Redis, ticketd) must not find it taken
 /// meanwhile as the source port of some outgoing connection.
+///
 /// Never the same port twice in one test process: two tests running side by side could
 /// otherwise be handed one port before either listens on it.
 pub fn free_port() -> u16 {
