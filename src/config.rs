@@ -126,8 +126,9 @@ pub struct ServeArgs {
     /// Bound on finishing in-flight requests after SIGTERM/SIGINT.
     #[arg(long, env = "TICKETD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// A client must send its request headers within this time.
-    #[arg(long, env = "TICKETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// A connection must finish each request's headers within this time of being opened or of
+    /// its last answer; one that trickles its headers or sits idle is closed.
+    #[arg(long, env = "TICKETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_header_timeout)]
     pub header_timeout: Duration,
     /// Tickets per event this instance claims from the pool while Redis is healthy, to sell
     /// from memory when Redis fails (0: no fallback sales, 503 while Redis is down). Reserved
@@ -458,6 +459,16 @@ fn parse_refresh(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_header_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "'{s}' is too short: at least 100ms, or no client could send a request in time"
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_lease(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(500) {
@@ -595,10 +606,18 @@ mod tests {
         let cli = Cli::try_parse_from(["ticketd", "--redis-url", url]).unwrap();
         assert!(is_cluster_url(cli.serve.common.redis_url()));
         assert!(Cli::try_parse_from(["ticketd", "--redis-pool-size", "0"]).is_err());
+        let e = Cli::try_parse_from(["ticketd", "--header-timeout", "0s"]).unwrap_err();
+        assert!(e.to_string().contains("at least 100ms"), "{e}");
+        assert_eq!(cli_header_timeout("100ms"), Duration::from_millis(100));
         assert!(
             Cli::try_parse_from(["ticketd", "seed"]).is_err(),
             "seed needs --events"
         );
+    }
+
+    fn cli_header_timeout(value: &str) -> Duration {
+        let cli = Cli::try_parse_from(["ticketd", "--header-timeout", value]).unwrap();
+        cli.serve.header_timeout
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: command line and environment, exit code 64 on bad settings.
 //! - [`run`](mod@run): start-up: picks the store, seeds, refreshes the catalogue, serves.
-//! - [`server`]: accept loop, hyper HTTP/1.1 connections, graceful shutdown.
+//! - [`server`]: accept loop, hyper HTTP/1.1 connections, graceful shutdown;
+//!   [`head_deadline`]: the slow-loris bound, armed once per connection.
 //! - [`app`]: the service: one request in, one response out, no socket needed.
 //! - [`router`]: routing by slicing the path.
 //! - [`response`]: JSON bodies written with `itoa`.
@@ -44,6 +45,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod head_deadline;
 pub mod idempotency_key;
 pub mod in_flight;
 pub mod metrics;

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::head_deadline::Progress;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::throttle::Throttle;
@@ -40,7 +41,8 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// A client must send a request's headers within this time (slow-loris bound).
+    /// A connection must finish each request head within this time of being accepted or of
+    /// its last answer (the slow-loris bound, [`crate::head_deadline`]).
     pub header_read_timeout: Duration,
     /// Largest buffered request head; larger headers get `431`.
     pub max_header_bytes: usize,
@@ -72,8 +74,9 @@ pub async fn serve<S: Store>(
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        // The slow-loris bound is armed once per connection (head_deadline), not by hyper for
+        // every request.
+        .header_read_timeout(None::<Duration>)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true)
         // One copy of the short answer into the head's buffer and one write, instead of a
@@ -100,15 +103,24 @@ pub async fn serve<S: Store>(
         let _ = stream.set_nodelay(true);
         let guard = ConnectionGuard::new(app.metrics().clone());
         let app = app.clone();
+        let progress = Progress::new(options.header_read_timeout);
+        let requests = Arc::clone(&progress);
         let service = service_fn(move |req| {
+            let answering = requests.answering();
             let answer = app.clone().respond(req);
-            async move { Ok::<_, Infallible>(answer.await) }
+            async move {
+                let answer = answer.await;
+                drop(answering);
+                Ok::<_, Infallible>(answer)
+            }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match progress.bound(conn).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                None => tracing::debug!("closed: no request head within the bound"),
             }
         });
     }
