@@ -5,7 +5,9 @@
 //! - [`config`]: command line and environment, exit code 64 on bad settings.
 //! - [`run`](mod@run): start-up: picks the store, seeds, refreshes the catalogue, serves.
 //! - [`server`]: accept loop, hyper HTTP/1.1 connections, graceful shutdown;
-//!   [`head_deadline`]: the slow-loris bound, armed once per connection.
+//!   [`connection`]: one connection driven to its end, with [`head_deadline`] (the slow-loris
+//!   bound, armed once per connection) and [`drain`] (the shutdown signal and the count of
+//!   open connections).
 //! - [`app`]: the service: one request in, one response out, no socket needed.
 //! - [`router`]: routing by slicing the path.
 //! - [`response`]: JSON bodies written with `itoa`.
@@ -43,6 +45,8 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod connection;
+pub mod drain;
 pub mod error;
 pub mod event;
 pub mod head_deadline;

@@ -10,10 +10,11 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::connection::drive;
+use crate::drain::Drain;
 use crate::head_deadline::Progress;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -71,7 +72,7 @@ pub async fn serve<S: Store>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let mut builder = http1::Builder::new();
     builder
         // The slow-loris bound is armed once per connection (head_deadline), not by hyper for
@@ -114,10 +115,11 @@ pub async fn serve<S: Store>(
                 Ok::<_, Infallible>(answer)
             }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let watch = drain.watch();
         tokio::spawn(async move {
             let _guard = guard;
-            match progress.bound(conn).await {
+            match drive(conn, &progress, &watch).await {
                 Some(Ok(())) => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
                 None => tracing::debug!("closed: no request head within the bound"),
@@ -127,9 +129,9 @@ pub async fn serve<S: Store>(
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drain.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(options.drain_timeout) => {
-            tracing::warn!(timeout = ?options.drain_timeout, "drain bound reached; closing the remaining connections");
+            tracing::warn!(timeout = ?options.drain_timeout, open = drain.open(), "drain bound reached; closing the remaining connections");
         }
     }
     Ok(())

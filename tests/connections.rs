@@ -150,3 +150,96 @@ async fn a_client_that_keeps_asking_in_time_is_never_cut_off() {
     }
     t.stop().await;
 }
+
+/// Graceful shutdown closes an idle keep-alive connection at once: it does not wait out the
+/// drain bound (60 s here) for a client that will never send another request.
+#[tokio::test]
+async fn a_shutdown_closes_idle_keep_alive_connections_at_once() {
+    let t = Ticketd::start(&[
+        "--store",
+        "memory",
+        "--events",
+        "1=100",
+        "--shutdown-timeout",
+        "60s",
+    ])
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(REQUEST).await.unwrap();
+        assert_eq!(answer(&mut s).await, "200");
+        idle.push(s);
+    }
+    tokio::time::timeout(Duration::from_secs(10), t.stop())
+        .await
+        .expect("stopped long before the 60 s drain bound");
+    for mut s in idle {
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "each idle connection was closed"
+        );
+    }
+}
+
+/// A purchase in flight when shutdown starts is answered, not cut off, and the service stops
+/// only after it. Redis stays paused throughout, so the purchase waits out its Redis timeout.
+/// (The store's own shutdown also waits for purchases in flight, so this cannot tell the drain
+/// from it; `drain`'s unit tests pin that the drain waits for every open connection.)
+#[tokio::test]
+async fn a_purchase_in_flight_at_shutdown_is_answered_before_serving_stops() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let redis = support::RedisServer::start();
+    let t = Ticketd::on_redis(
+        &redis,
+        "1=10",
+        &[
+            "--redis-timeout",
+            "1500ms",
+            "--fallback-reserve",
+            "0",
+            "--shutdown-timeout",
+            "6s",
+        ],
+    )
+    .await;
+    t.wait_ready().await;
+    let in_flight = |m: &serde_json::Value| m["http"]["in_flight"].as_u64().unwrap();
+    let before = in_flight(&t.metrics_json().await);
+    redis.signal("STOP");
+    let answered = Arc::new(AtomicBool::new(false));
+    let client = tokio::spawn({
+        let (addr, answered) = (t.addr, Arc::clone(&answered));
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(REQUEST).await.unwrap();
+            let status = answer(&mut s).await;
+            answered.store(true, Ordering::SeqCst);
+            status
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(&t.metrics_json().await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the purchase never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(20), t.stop()).await;
+    let in_time = answered.load(Ordering::SeqCst);
+    redis.signal("CONT");
+    stopped.expect("stopped within the drain bound and the store's");
+    assert!(
+        in_time,
+        "the server stopped serving before the purchase in flight was answered"
+    );
+    let status = client.await.unwrap();
+    assert!(
+        status == "503" || status == "200",
+        "an answer, not a cut connection: {status}"
+    );
+}
