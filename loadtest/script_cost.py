@@ -14,7 +14,7 @@ each run starts its own server, so runs compare, and the same mode twice shows t
 (about 1 us per purchase on the shared 2-core machine).
 
 Usage: python3 loadtest/script_cost.py [--script lua/purchase.lua] [--calls 2000] [--n 50]
-       [--mode anon|buyer|key]...   (every mode by default)
+       [--mode anon|buyer|key]... [--limit N]   (every mode by default; no limit)
 Needs redis-server on PATH; only the standard library.
 """
 import argparse
@@ -106,7 +106,7 @@ def redis_cpu(conn):
     return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
-def measure(script, label, mode, calls, n):
+def measure(script, label, mode, calls, n, limit):
     work = tempfile.mkdtemp(prefix="ticketd-script-cost.")
     port = free_port()
     server = subprocess.Popen(
@@ -140,7 +140,7 @@ def measure(script, label, mode, calls, n):
         for c in range(calls):
             argv, call_keys = ["cost.%d" % c, n], list(keys)
             if mode != "anon":
-                argv += [0, 86_400_000, event if mode == "key" else ""]
+                argv += [limit, 86_400_000, event if mode == "key" else ""]
                 for i in range(n):
                     buyer = "buyer-%d" % random.randrange(10_000)
                     idem = "k-%d-%d" % (c, i) if mode == "key" else ""
@@ -173,10 +173,12 @@ def main():
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--mode", action="append", choices=["anon", "buyer", "key"])
+    p.add_argument("--limit", type=int, default=0,
+                   help="most tickets per buyer (0: no limit; a limit counts each buyer's tickets)")
     a = p.parse_args()
     script = a.script or os.path.join(here, "..", "lua", "purchase.lua")
     for mode in a.mode or ["anon", "buyer", "key"]:
-        measure(script, a.script or "lua/purchase.lua", mode, a.calls, a.n)
+        measure(script, a.script or "lua/purchase.lua", mode, a.calls, a.n, a.limit)
 
 
 if __name__ == "__main__":
