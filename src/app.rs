@@ -30,6 +30,16 @@ use crate::store::{Sale, Store, StoreError};
 /// What a purchase request buys and who buys it (`None`: anonymous).
 type Target = (Arc<Event>, Option<Arc<Purchaser>>);
 
+/// A route whose answer needs work: the store, the token, the metrics ([`App::at_once`]
+/// answers the others).
+#[derive(Debug, Clone, Copy)]
+enum Work<'a> {
+    Buy(&'a str),
+    Tickets(&'a str),
+    Readyz,
+    Metrics,
+}
+
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -126,41 +136,59 @@ impl<S: Store> App<S> {
         B: Send + Sync + 'static,
     {
         // Traced requests take the whole path: their span starts with the request.
-        let purchase = if crate::otel::enabled() {
+        let routed = if crate::otel::enabled() {
             None
         } else {
-            self.early_purchase(&req)
+            Some(route(req.method(), req.uri().path()))
         };
-        match purchase {
-            Some(purchase) => {
-                drop(req);
-                Either::Left(async move {
-                    let m = &self.inner.metrics;
-                    let _in_flight = m.request_started();
-                    // Matched here, not in a shared async fn: one more future layer costs
-                    // every purchase about 60 instructions (callgrind).
-                    let response = match purchase {
-                        Ok((event, None)) => self.buy(event, false).await,
-                        // Boxed as in `answer`: a known buyer's larger future must not size
-                        // every connection's.
-                        Ok((event, Some(who))) => Box::pin(self.buy_as(event, who, false)).await,
-                        Err(refused) => refused.into_response(),
-                    };
-                    m.record_http(Route::Buy("").label(), response.status().as_u16());
-                    response
-                })
-            }
-            // The request moves into `handle`'s future; only one of the two is ever held.
-            None => Either::Right(async move { self.handle(req).await }),
+        let work = match routed {
+            Some(r) => match Self::at_once(r) {
+                Ok(now) => {
+                    self.inner
+                        .metrics
+                        .record_http(r.label(), now.status().as_u16());
+                    return Either::Left(Either::Right(std::future::ready(now)));
+                }
+                Err(work) => Some(work),
+            },
+            None => None,
+        };
+        if let Some(Work::Buy(id)) = work {
+            let purchase = self.purchase_target(&req, id);
+            drop(req);
+            return Either::Left(Either::Left(async move {
+                let m = &self.inner.metrics;
+                let _in_flight = m.request_started();
+                // Matched here, not in a shared async fn: one more future layer costs
+                // every purchase about 60 instructions (callgrind).
+                let response = match purchase {
+                    Ok((event, None)) => self.buy(event, false).await,
+                    // Boxed as in `answer`: a known buyer's larger future must not size
+                    // every connection's.
+                    Ok((event, Some(who))) => Box::pin(self.buy_as(event, who, false)).await,
+                    Err(refused) => refused.into_response(),
+                };
+                m.record_http(Route::Buy("").label(), response.status().as_u16());
+                response
+            }));
         }
+        // Boxed: `handle` holds the request and every route's future (1.7 KiB), and hyper keeps
+        // room for the service's future in every connection (design.md, Findings).
+        Either::Right(Box::pin(async move { self.handle(req).await }))
     }
 
-    /// [`App::purchase_target`] for a purchase request, `None` for any other.
-    fn early_purchase<B>(&self, req: &Request<B>) -> Option<Result<Target, ApiError>> {
-        match route(req.method(), req.uri().path()) {
-            Route::Buy(id) => Some(self.purchase_target(req, id)),
-            _ => None,
-        }
+    /// The answer of a route that needs no work (no store, no state), or the work it needs.
+    fn at_once(r: Route<'_>) -> Result<HttpResponse, Work<'_>> {
+        Ok(match r {
+            Route::BadEventId => ApiError::BadEventId.into_response(),
+            Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+            Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow).into_response(),
+            Route::NotFound => ApiError::NotFound.into_response(),
+            Route::Buy(id) => return Err(Work::Buy(id)),
+            Route::Tickets(id) => return Err(Work::Tickets(id)),
+            Route::Readyz => return Err(Work::Readyz),
+            Route::Metrics => return Err(Work::Metrics),
+        })
     }
 
     /// The event and purchaser (`None`: anonymous) of a purchase of event `id` once every check
@@ -196,8 +224,9 @@ impl<S: Store> App<S> {
         let _in_flight = m.request_started();
         let r = route(req.method(), req.uri().path());
         let label = r.label();
-        let response = match r {
-            Route::Buy(id) => {
+        let response = match Self::at_once(r) {
+            Ok(now) => now,
+            Err(Work::Buy(id)) => {
                 let target = self.purchase_target(&req, id);
                 // Nothing of the request is needed past this point. Dropped before the store
                 // call, it releases the head's bytes, so hyper reuses its read buffer for the
@@ -210,15 +239,11 @@ impl<S: Store> App<S> {
                     Err(refused) => refused.into_response(),
                 }
             }
-            Route::Tickets(id) => Box::pin(self.tickets(&req, id)).await,
-            Route::BadEventId => ApiError::BadEventId.into_response(),
-            Route::Healthz => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+            Err(Work::Tickets(id)) => Box::pin(self.tickets(&req, id)).await,
             // Boxed: rare routes with kilobyte-sized Redis futures must not size the request
             // future of every connection (design.md, Measurements; a test bounds its size).
-            Route::Readyz => Box::pin(self.readyz()).await,
-            Route::Metrics => Box::pin(self.metrics_response(&req)).await,
-            Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow).into_response(),
-            Route::NotFound => ApiError::NotFound.into_response(),
+            Err(Work::Readyz) => Box::pin(self.readyz()).await,
+            Err(Work::Metrics) => Box::pin(self.metrics_response(&req)).await,
         };
         m.record_http(label, response.status().as_u16());
         response

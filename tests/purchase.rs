@@ -283,12 +283,14 @@ async fn request_future_stays_small() {
     let future = app.handle(http::Request::post("/buy/1").body(()).unwrap());
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2048, "request future is {size} bytes");
-    // What the server keeps per connection: the future of `respond`.
+    // What the server keeps room for in every connection, idle or not: the future of
+    // `respond`, a purchase's alone (every other route's is boxed: 1,736 bytes when it was not;
+    // 728 with a fallback sale's and the end of a sale's state inline).
     let future = app
         .clone()
         .respond(http::Request::post("/buy/1").body(()).unwrap());
     let size = std::mem::size_of_val(&future);
-    assert!(size <= 2048, "respond future is {size} bytes");
+    assert!(size <= 640, "respond future is {size} bytes");
 }
 
 /// Script calls (`EVALSHA`, and `EVAL` after a script-cache miss) Redis ran so far.

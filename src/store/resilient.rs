@@ -355,7 +355,8 @@ impl ResilientStore {
                     }
                 }
                 Err(StoreError::HeldInReserves(reserved)) => {
-                    match self.end_game(event, reserved, who).await {
+                    // Boxed, as the probe: the end of a sale is a cold path.
+                    match Box::pin(self.end_game(event, reserved, who)).await {
                         EndGame::Done(path, result) => return (path, result),
                         EndGame::Retry if attempts < 3 => continue,
                         EndGame::Retry => {
@@ -372,9 +373,11 @@ impl ResilientStore {
                 }
             }
         }
+        // Boxed: a fallback sale's state (the journal write) must not size every purchase's
+        // future, which hyper keeps for the life of each connection.
         (
             StorePath::Fallback,
-            self.sell_from_reserve(event, who).await,
+            Box::pin(self.sell_from_reserve(event, who)).await,
         )
     }
 }
