@@ -131,6 +131,11 @@ impl<S: Store> App<S> {
     /// URI and header values are slices of hyper's read buffer: while the request lives, that
     /// read must allocate a fresh buffer (8 KiB) instead of reusing the one the head came in,
     /// once per request (design.md, Findings).
+    ///
+    /// A route that needs no work (`/healthz`, `404`, `405`, a bad event id) is answered here
+    /// too, as a ready future (counted in the request metrics, never in flight); every other
+    /// one goes to [`App::handle`], boxed, so that hyper's per-connection room for this future
+    /// is a purchase's size.
     pub fn respond<B>(self, req: Request<B>) -> impl Future<Output = HttpResponse> + Send + 'static
     where
         B: Send + Sync + 'static,
