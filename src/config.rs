@@ -451,32 +451,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_refresh(s: &str) -> Result<Duration, String> {
+/// [`parse_duration`], refusing less than `ms` milliseconds with `why` said after the minimum.
+fn parse_at_least(s: &str, ms: u64, why: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d < Duration::from_millis(10) {
-        return Err(format!("'{s}' is too short: at least 10ms"));
+    if d < Duration::from_millis(ms) {
+        return Err(format!("'{s}' is too short: at least {ms}ms{why}"));
     }
     Ok(d)
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    parse_at_least(s, 10, "")
 }
 
 fn parse_header_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(100) {
-        return Err(format!(
-            "'{s}' is too short: at least 100ms, or no client could send a request in time"
-        ));
-    }
-    Ok(d)
+    parse_at_least(s, 100, ", or no client could send a request in time")
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(500) {
-        return Err(format!(
-            "'{s}' is too short: a lease must be at least 500ms"
-        ));
-    }
-    Ok(d)
+    parse_at_least(s, 500, " for a lease")
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {

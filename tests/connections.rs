@@ -105,19 +105,25 @@ async fn a_head_trickled_slower_than_the_bound_is_cut_off() {
     t.stop().await;
 }
 
+/// Asserts that the server closes `s`, which sends nothing more, at the bound: not before
+/// (less [`EARLY`]), and not later than its [`SLACK`].
+async fn closed_at_the_bound(s: &mut TcpStream, what: &str) {
+    let idle = closed_within(s, BOUND + SLACK)
+        .await
+        .unwrap_or_else(|| panic!("{what} is closed within the bound and its slack"));
+    assert!(
+        idle >= BOUND - EARLY,
+        "{what} closed after {idle:?}, before the {BOUND:?} bound"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_idle_after_its_answer_is_closed_after_the_bound() {
     let t = start().await;
     let mut s = TcpStream::connect(t.addr).await.unwrap();
     s.write_all(REQUEST).await.unwrap();
     assert_eq!(answer(&mut s).await, "200");
-    let idle = closed_within(&mut s, BOUND + SLACK)
-        .await
-        .expect("an idle keep-alive connection is closed within the bound and its slack");
-    assert!(
-        idle >= BOUND - EARLY,
-        "closed after {idle:?} idle, before the {BOUND:?} bound"
-    );
+    closed_at_the_bound(&mut s, "an idle keep-alive connection").await;
     t.stop().await;
 }
 
@@ -125,13 +131,7 @@ async fn a_connection_idle_after_its_answer_is_closed_after_the_bound() {
 async fn a_connection_opened_and_never_used_is_closed_after_the_bound() {
     let t = start().await;
     let mut s = TcpStream::connect(t.addr).await.unwrap();
-    let idle = closed_within(&mut s, BOUND + SLACK)
-        .await
-        .expect("a silent connection is closed within the bound and its slack");
-    assert!(
-        idle >= BOUND - EARLY,
-        "closed after {idle:?}, before the {BOUND:?} bound"
-    );
+    closed_at_the_bound(&mut s, "a silent connection").await;
     t.stop().await;
 }
 
