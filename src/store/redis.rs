@@ -300,7 +300,9 @@ impl RedisStore {
     ) -> Result<Sale, StoreError> {
         let _slot = match self.in_flight.try_acquire() {
             Ok(slot) => slot,
-            Err(_) => match timeout(self.queue_timeout, self.in_flight.acquire()).await {
+            // Boxed: the wait and its timer would otherwise size every purchase's future, which
+            // hyper keeps room for in every connection; it is taken only under overload.
+            Err(_) => match Box::pin(timeout(self.queue_timeout, self.in_flight.acquire())).await {
                 Ok(Ok(slot)) => slot,
                 _ => {
                     self.metrics.purchase_shed();
