@@ -360,3 +360,68 @@ async fn sold_out_is_answered_from_memory_until_a_ticket_comes_back() {
     let a = c.buy("1").await.unwrap();
     assert_eq!(a.status, StatusCode::CONFLICT, "sold out again, from Redis");
 }
+
+/// With every Redis slot taken (`--redis-max-in-flight 1`, its purchase held by a paused
+/// Redis), the next purchase waits for a slot for `--queue-timeout` and is then shed with
+/// `503`, counted in `redis.shed`; once Redis answers, the held purchase is sold and the next
+/// one takes the free slot at once.
+#[tokio::test]
+async fn a_purchase_that_finds_no_free_redis_slot_waits_then_is_shed() {
+    let redis = RedisServer::start();
+    let t = Ticketd::on_redis(
+        &redis,
+        "1=10",
+        &[
+            "--redis-max-in-flight",
+            "1",
+            "--queue-timeout",
+            "300ms",
+            "--redis-timeout",
+            "5s",
+            "--fallback-reserve",
+            "0",
+        ],
+    )
+    .await;
+    t.wait_ready().await;
+    let in_flight = |m: &serde_json::Value| m["http"]["in_flight"].as_u64().unwrap();
+    let before = in_flight(&t.metrics_json().await);
+    redis.signal("STOP");
+    let addr = t.addr;
+    let held = tokio::spawn(async move { Conn::open(addr).await.unwrap().buy("1").await.unwrap() });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(&t.metrics_json().await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the first purchase never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = Conn::open(t.addr).await.unwrap();
+    let started = Instant::now();
+    let shed = c.buy("1").await.unwrap();
+    let waited = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(
+        shed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        shed.text()
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "shed after {waited:?}, without waiting out the queue timeout"
+    );
+    assert_eq!(t.metrics_json().await["redis"]["shed"], 1);
+    let sold = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held purchase is answered once Redis is back")
+        .unwrap();
+    assert_eq!(sold.status, StatusCode::OK, "{}", sold.text());
+    assert_eq!(
+        c.buy("1").await.unwrap().status,
+        StatusCode::OK,
+        "the slot is free again"
+    );
+    t.stop().await;
+}
