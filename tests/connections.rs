@@ -213,8 +213,7 @@ async fn a_purchase_in_flight_at_shutdown_is_answered_before_serving_stops() {
     )
     .await;
     t.wait_ready().await;
-    let in_flight = |m: &serde_json::Value| m["http"]["in_flight"].as_u64().unwrap();
-    let before = in_flight(&t.metrics_json().await);
+    let before = t.in_flight().await;
     redis.signal("STOP");
     let answered = Arc::new(AtomicBool::new(false));
     let client = tokio::spawn({
@@ -227,14 +226,7 @@ async fn a_purchase_in_flight_at_shutdown_is_answered_before_serving_stops() {
             status
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(&t.metrics_json().await) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the purchase never got in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    t.wait_in_flight_above(before).await;
     let stopped = tokio::time::timeout(Duration::from_secs(20), t.stop()).await;
     let in_time = answered.load(Ordering::SeqCst);
     redis.signal("CONT");

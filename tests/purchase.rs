@@ -384,19 +384,11 @@ async fn a_purchase_that_finds_no_free_redis_slot_waits_then_is_shed() {
     )
     .await;
     t.wait_ready().await;
-    let in_flight = |m: &serde_json::Value| m["http"]["in_flight"].as_u64().unwrap();
-    let before = in_flight(&t.metrics_json().await);
+    let before = t.in_flight().await;
     redis.signal("STOP");
     let addr = t.addr;
     let held = tokio::spawn(async move { Conn::open(addr).await.unwrap().buy("1").await.unwrap() });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(&t.metrics_json().await) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the first purchase never got in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    t.wait_in_flight_above(before).await;
     let mut c = Conn::open(t.addr).await.unwrap();
     let started = Instant::now();
     let shed = c.buy("1").await.unwrap();

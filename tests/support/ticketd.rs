@@ -76,6 +76,23 @@ impl Ticketd {
             .json()
     }
 
+    /// Requests being answered now, as `/metrics` reports them (`http.in_flight`, which may
+    /// count that metrics request too: compare two readings).
+    pub async fn in_flight(&self) -> u64 {
+        self.metrics_json().await["http"]["in_flight"]
+            .as_u64()
+            .expect("http.in_flight")
+    }
+
+    /// Waits, within [`super::WAIT`], until more than `before` requests are being answered.
+    pub async fn wait_in_flight_above(&self, before: u64) {
+        let deadline = Instant::now() + super::WAIT;
+        while self.in_flight().await <= before {
+            assert!(Instant::now() < deadline, "no request got in flight");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Graceful stop: signals shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         let _ = self.shutdown.take().unwrap().send(());
