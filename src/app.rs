@@ -140,46 +140,44 @@ impl<S: Store> App<S> {
     where
         B: Send + Sync + 'static,
     {
+        // Boxed: `handle` holds the request and every route's future (1.7 KiB), and hyper
+        // keeps room for the service's future in every connection (design.md, Findings).
+        let whole_path = |app: Self, req: Request<B>| {
+            Either::Right(Box::pin(async move { app.handle(req).await }))
+        };
         // Traced requests take the whole path: their span starts with the request.
-        let routed = if crate::otel::enabled() {
-            None
-        } else {
-            Some(route(req.method(), req.uri().path()))
-        };
-        let work = match routed {
-            Some(r) => match Self::at_once(r) {
-                Ok(now) => {
-                    self.inner
-                        .metrics
-                        .record_http(r.label(), now.status().as_u16());
-                    return Either::Left(Either::Right(std::future::ready(now)));
-                }
-                Err(work) => Some(work),
-            },
-            None => None,
-        };
-        if let Some(Work::Buy(id)) = work {
-            let purchase = self.purchase_target(&req, id);
-            drop(req);
-            return Either::Left(Either::Left(async move {
-                let m = &self.inner.metrics;
-                let _in_flight = m.request_started();
-                // Matched here, not in a shared async fn: one more future layer costs
-                // every purchase about 60 instructions (callgrind).
-                let response = match purchase {
-                    Ok((event, None)) => self.buy(event, false).await,
-                    // Boxed as in `answer`: a known buyer's larger future must not size
-                    // every connection's.
-                    Ok((event, Some(who))) => Box::pin(self.buy_as(event, who, false)).await,
-                    Err(refused) => refused.into_response(),
-                };
-                m.record_http(Route::Buy("").label(), response.status().as_u16());
-                response
-            }));
+        if crate::otel::enabled() {
+            return whole_path(self, req);
         }
-        // Boxed: `handle` holds the request and every route's future (1.7 KiB), and hyper keeps
-        // room for the service's future in every connection (design.md, Findings).
-        Either::Right(Box::pin(async move { self.handle(req).await }))
+        let r = route(req.method(), req.uri().path());
+        match Self::at_once(r) {
+            Ok(now) => {
+                self.inner
+                    .metrics
+                    .record_http(r.label(), now.status().as_u16());
+                Either::Left(Either::Right(std::future::ready(now)))
+            }
+            Err(Work::Buy(id)) => {
+                let purchase = self.purchase_target(&req, id);
+                drop(req);
+                Either::Left(Either::Left(async move {
+                    let m = &self.inner.metrics;
+                    let _in_flight = m.request_started();
+                    // Matched here, not in a shared async fn: one more future layer costs
+                    // every purchase about 60 instructions (callgrind).
+                    let response = match purchase {
+                        Ok((event, None)) => self.buy(event, false).await,
+                        // Boxed as in `answer`: a known buyer's larger future must not size
+                        // every connection's.
+                        Ok((event, Some(who))) => Box::pin(self.buy_as(event, who, false)).await,
+                        Err(refused) => refused.into_response(),
+                    };
+                    m.record_http(Route::Buy("").label(), response.status().as_u16());
+                    response
+                }))
+            }
+            Err(Work::Tickets(_) | Work::Readyz | Work::Metrics) => whole_path(self, req),
+        }
     }
 
     /// The answer of a route that needs no work (no store, no state), or the work it needs.
