@@ -135,7 +135,7 @@ def measure(script, label, mode, calls, n, limit):
         conn.call("HSET", key("meta"), "capacity", total)
         sha = conn.call("SCRIPT", "LOAD", open(script).read()).decode()
         keys = [key(k) for k in ("tickets", "sold", "batches", "meta", "reserved", "stale",
-                                 "buyers", "keys", "keys:ttl")]
+                                 "buyers", "keys", "keys:ttl")] + ["idempotency:width"]
         requests = []
         for c in range(calls):
             argv, call_keys = ["cost.%d" % c, n], list(keys)
@@ -145,8 +145,6 @@ def measure(script, label, mode, calls, n, limit):
                     buyer = "buyer-%d" % random.randrange(10_000)
                     idem = "k-%d-%d" % (c, i) if mode == "key" else ""
                     argv += [buyer, idem]
-                    if idem:
-                        call_keys.append("buyer:{%d:%s}:key:%s" % (len(buyer), buyer, idem))
             requests.append(enc("EVALSHA", sha, len(call_keys), *call_keys, *argv))
         before = redis_cpu(conn)
         for i in range(0, calls, 20):

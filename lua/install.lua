@@ -16,6 +16,10 @@
 -- the instances selling the event before a reset: an instance selling from memory while Redis
 -- is unreachable would not learn of it.
 --
+-- An install stamps event:{id}:meta "installed" (unix ms, Redis clock): the Idempotency-Key
+-- answers live in time buckets outside these keys (purchase.lua), and those written before the
+-- stamp no longer answer a ticket, as the reset pool sold none of them.
+--
 -- Returns {1, capacity} when installed, {0, existing capacity} when the event was left alone.
 -- Two seeders racing on one event cannot both install: the meta key decides, atomically.
 local existing = redis.call('HGET', KEYS[5], 'capacity')
@@ -35,5 +39,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])
 end
-redis.call('HSET', KEYS[5], 'capacity', ARGV[1])
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[5], 'capacity', ARGV[1], 'installed',
+  string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000)))
 return {1, tonumber(ARGV[1])}

@@ -37,16 +37,32 @@
 --
 -- KEYS[7] event:{id}:buyers     ZSET (scores 0) of "<buyer>\n<ticket>": a buyer's tickets are
 --                               one lexicographic range, counted and listed in O(log n)
--- KEYS[8] event:{id}:keys       HASH "<buyer>\n<key>" -> "<ticket> <remaining> <batch id>", the
---                               batch id replaced by "*" once the answer was replayed
--- KEYS[9] event:{id}:keys:ttl   ZSET "<buyer>\n<key>" -> expiry (unix ms, Redis clock)
--- KEYS[10..] on a single Redis only: buyer:{<buyer>}:key:<key> of each purchase with a key, in
---            order, binding the key to the event it was first used for (on a cluster they live
---            in other slots, and ticketd binds them before the call)
+-- KEYS[8] event:{id}:keys       HASH and KEYS[9] event:{id}:keys:ttl ZSET: the answers as the
+--                               layout before time buckets kept them ("<ticket> <remaining>
+--                               <batch id>", and their expiry). Read while they exist, never
+--                               written but for a replay's "*", swept as before, and given an
+--                               expiry of one key lifetime when this version first sees them.
+-- KEYS[10] <answers>:width      STRING, the width (ms) of the answers' time buckets, where
+--                               <answers> is "idempotency" on a single Redis (one family for all
+--                               events: the answer binds the key to its event) and
+--                               "event:{id}:idempotency" on a cluster (the binding lives in the
+--                               buyer's slot, claimed by ticketd before the call)
 -- ARGV[3] most tickets per buyer (0: no limit), ARGV[4] key lifetime (ms), ARGV[5] the event id
---          when KEYS[10..] are passed, else ""
+--          on a single Redis (keys are bound here), else ""
 -- ARGV[6..] per purchase, in order: buyer ("" anonymous: no limit, no list; its key is shared by
 --          every anonymous client), Idempotency-Key ("" none)
+--
+-- The answers. <answers>:<b> is a HASH "<buyer>\n<key>" -> "<event> <ticket> <remaining> <batch
+-- id> <written>" of the keys first answered (or bound) in bucket b = floor(written / width), at
+-- unix ms <written> (Redis clock). The batch id is "*" once the answer was replayed; ticket and
+-- batch are "-" for a key bound to its event without a sale (the pool was empty, the buyer at
+-- the limit: a single Redis only). A record counts while written + lifetime > now; one written
+-- no later than the event's install (event:{id}:meta "installed") keeps the key bound to the
+-- event but answers no ticket, since a reset pool sold none of them.
+-- Each bucket hash expires as a whole once its newest record can no longer count, so there is
+-- no per-key expiry and no sweep: a key costs one hash field. The width is set by the first
+-- writer (half its lifetime, at least 1 s) and expires with the last bucket, so every instance
+-- reads the same buckets whatever lifetime each is configured with.
 --
 -- Returns {status, unsold, reserved, tickets, outcomes}: outcomes holds one token per purchase,
 -- space-separated: "S" sold now (the next ticket of `tickets`), "-" the pool was empty, "L" the
@@ -57,8 +73,43 @@
 -- its ledger record then starts with "=", so it no longer names the batch that sold it.
 -- Buyer ids hold no control characters (ticketd refuses them), so "\n" separates safely.
 -- Every write is one command for the whole batch (one HSET of the ledger, one ZADD of the
--- buyers, one HSET and one ZADD of the keys), and the keys are read with one HMGET, so a batch
--- costs a few commands more than an anonymous one, not a few per purchase.
+-- buyers, one HSET of the answers), and the answers are read with one HMGET per bucket (two or
+-- three), so a batch costs a few commands more than an anonymous one, not a few per purchase.
+
+-- The answers' buckets for a call at `now` with key lifetime `life`: their width, the names
+-- of the buckets a record that still counts can be in, newest first, and the current one's
+-- expiry. Sets the width when no bucket is left. Errors, before any write, when an instance's
+-- lifetime is so much longer than the width another set that reading would take over 256
+-- buckets: configure one --idempotency-ttl for all instances.
+local function answer_buckets(now, life)
+  local width = tonumber(redis.call('GET', KEYS[10]) or '0')
+  if width == 0 then
+    width = math.max(math.ceil(life / 2), 1000)
+    redis.call('SET', KEYS[10], width, 'PXAT', (math.floor(now / width) + 1) * width + life)
+  end
+  local last, first = math.floor(now / width), math.floor((now - life) / width)
+  if last - first >= 256 then
+    return nil, 'ticketd: an Idempotency-Key lifetime of ' .. life .. ' ms needs ' ..
+      (last - first + 1) .. ' buckets of ' .. width .. ' ms (another instance set that width)'
+  end
+  local prefix = string.sub(KEYS[10], 1, -6)
+  local names = {}
+  for b = last, first, -1 do
+    names[#names + 1] = prefix .. b
+  end
+  return {width = width, names = names, expiry = (last + 1) * width + life}
+end
+
+-- Records a batch's new answers (field, value pairs) in the current bucket, and keeps the bucket
+-- and the width alive as long as the newest of them counts.
+local function record_answers(buckets, answers)
+  local current = buckets.names[1]
+  redis.call('HSET', current, unpack(answers))
+  redis.call('PEXPIREAT', current, buckets.expiry, 'NX')
+  redis.call('PEXPIREAT', current, buckets.expiry, 'GT')
+  redis.call('PEXPIREAT', KEYS[10], buckets.expiry, 'GT')
+end
+
 local function buyers(reserved)
   local prior = redis.call('HGET', KEYS[3], ARGV[1])
   if prior then
@@ -70,18 +121,14 @@ local function buyers(reserved)
   end
   local n = tonumber(ARGV[2])
   local limit = tonumber(ARGV[3])
-  local event = ARGV[5]
+  local life = tonumber(ARGV[4])
+  local bind = ARGV[5]
+  local event = string.match(KEYS[1], '{(.*)}')
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  local ttl = now + tonumber(ARGV[4])
-  -- Expired keys go a few at a time, more than this call adds, so the hash cannot grow past
-  -- what one key lifetime of purchases wrote.
-  local old = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 2 * n + 8)
-  if #old > 0 then
-    redis.call('HDEL', KEYS[8], unpack(old))
-    redis.call('ZREM', KEYS[9], unpack(old))
-  end
-  -- The answers recorded for the batch's keys, in one read.
+  local written = string.format('%d', now)
+  -- The batch's keys, and what each was answered before: in the newest bucket that holds a
+  -- record that counts, else in the layout before buckets.
   local fields, keyed = {}, {}
   for i = 1, n do
     local key = ARGV[5 + 2 * i]
@@ -90,43 +137,103 @@ local function buyers(reserved)
       keyed[i] = #fields
     end
   end
-  local recorded = {}
+  local buckets, found, where, legacy = nil, {}, {}, {}
   if #fields > 0 then
-    recorded = redis.call('HMGET', KEYS[8], unpack(fields))
+    local err
+    buckets, err = answer_buckets(now, life)
+    if not buckets then
+      return redis.error_reply(err)
+    end
+    local installed = tonumber(redis.call('HGET', KEYS[4], 'installed') or '0')
+    local left = #fields
+    for _, name in ipairs(buckets.names) do
+      local got = redis.call('HMGET', name, unpack(fields))
+      for j = 1, #fields do
+        local rec = got[j]
+        if rec and not found[j] then
+          local ev, ticket, remaining, batch, at =
+            string.match(rec, '^(%S+) (%S+) (%d+) (%S+) (%d+)$')
+          local ms = tonumber(at)
+          if ms and ms + life > now then
+            if ev == event and ms <= installed then
+              -- Answered before the event was reset: still bound to it, its ticket void.
+              ticket = '-'
+            end
+            found[j] = {ev, ticket, remaining, batch, at}
+            where[j] = name
+            left = left - 1
+          end
+        end
+      end
+      if left == 0 then
+        break
+      end
+    end
+  end
+  if redis.call('EXISTS', KEYS[9]) == 1 then
+    -- The layout before buckets, from an upgrade: it goes as a whole one lifetime after this
+    -- version first saw it (nothing written before the upgrade lives longer), and its expired
+    -- answers go a few at a time meanwhile, as they always did.
+    redis.call('PEXPIRE', KEYS[8], life, 'NX')
+    redis.call('PEXPIRE', KEYS[9], life, 'NX')
+    local old = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 2 * n + 8)
+    if #old > 0 then
+      redis.call('HDEL', KEYS[8], unpack(old))
+      redis.call('ZREM', KEYS[9], unpack(old))
+    end
+    if #fields > 0 then
+      legacy = redis.call('HMGET', KEYS[8], unpack(fields))
+    end
   end
   local outcomes, held, seen, want = {}, {}, {}, 0
-  local replayed = {}
+  local replayed, legacy_replayed, unbound = {}, {}, {}
   for i = 1, n do
     local buyer = ARGV[4 + 2 * i]
     local out
     local j = keyed[i]
     if j then
       local field = fields[j]
+      local rec = found[j]
       if seen[field] then
         out = 'K'
-      else
+      elseif rec then
         seen[field] = true
-        if event ~= '' then
-          local bound = redis.call('SET', KEYS[9 + j], event, 'NX', 'GET', 'PX', ARGV[4])
-          if bound and bound ~= event then
-            out = 'U'
-          end
-        end
-        local rec = recorded[j]
-        if not out and rec then
-          local ticket, remaining, batch = string.match(rec, '^(%S+) (%d+) (%S+)$')
+        local ev, ticket, remaining, batch, at = rec[1], rec[2], rec[3], rec[4], rec[5]
+        if bind ~= '' and ev ~= event then
+          out = 'U'
+        elseif ticket ~= '-' then
           if batch ~= '*' then
             -- Told now: the ledger record stops naming the batch (a leading "="), so that no
             -- cancellation of that batch can give the ticket back, whenever it runs and even
             -- once this key has expired; the answer is marked too.
-            replayed[#replayed + 1] = field
-            replayed[#replayed + 1] = ticket .. ' ' .. remaining .. ' *'
+            local marks = replayed[where[j]] or {}
+            replayed[where[j]] = marks
+            marks[#marks + 1] = field
+            marks[#marks + 1] = ev .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. at
             local sale = redis.call('HGET', KEYS[2], ticket)
             if sale and string.sub(sale, 1, 1) ~= '=' then
               redis.call('HSET', KEYS[2], ticket, '=' .. sale)
             end
           end
           out = 'R:' .. ticket .. ':' .. remaining
+        end
+      else
+        seen[field] = true
+        local old = legacy[j]
+        if old then
+          local ticket, remaining, batch = string.match(old, '^(%S+) (%d+) (%S+)$')
+          if batch ~= '*' then
+            legacy_replayed[#legacy_replayed + 1] = field
+            legacy_replayed[#legacy_replayed + 1] = ticket .. ' ' .. remaining .. ' *'
+            local sale = redis.call('HGET', KEYS[2], ticket)
+            if sale and string.sub(sale, 1, 1) ~= '=' then
+              redis.call('HSET', KEYS[2], ticket, '=' .. sale)
+            end
+          end
+          out = 'R:' .. ticket .. ':' .. remaining
+        elseif bind ~= '' then
+          -- First seen here: bound to this event whether it sells or not.
+          unbound[i] = true
         end
       end
     end
@@ -146,8 +253,11 @@ local function buyers(reserved)
     end
     outcomes[i] = out
   end
-  if #replayed > 0 then
-    redis.call('HSET', KEYS[8], unpack(replayed))
+  for name, marks in pairs(replayed) do
+    redis.call('HSET', name, unpack(marks))
+  end
+  if #legacy_replayed > 0 then
+    redis.call('HSET', KEYS[8], unpack(legacy_replayed))
   end
   local popped = {}
   if want > 0 then
@@ -174,7 +284,7 @@ local function buyers(reserved)
   local m = #popped
   local unsold = redis.call('LLEN', KEYS[1]) + reserved
   local record = ARGV[1] .. ' ' .. now
-  local ledger, index, answers, expiries = {}, {}, {}, {}
+  local ledger, index, answers = {}, {}, {}
   local k = 0
   for i = 1, n do
     if outcomes[i] == 'S' then
@@ -199,11 +309,10 @@ local function buyers(reserved)
           index[#index + 1] = buyer .. '\n' .. ticket
         end
         if key ~= '' then
-          local field = fields[keyed[i]]
-          answers[#answers + 1] = field
-          answers[#answers + 1] = ticket .. ' ' .. (unsold + m - k) .. ' ' .. ARGV[1]
-          expiries[#expiries + 1] = ttl
-          expiries[#expiries + 1] = field
+          answers[#answers + 1] = fields[keyed[i]]
+          answers[#answers + 1] = event .. ' ' .. ticket .. ' ' .. (unsold + m - k) .. ' ' ..
+            ARGV[1] .. ' ' .. written
+          unbound[i] = nil
         end
       end
     end
@@ -214,9 +323,12 @@ local function buyers(reserved)
   if #index > 0 then
     redis.call('ZADD', KEYS[7], unpack(index))
   end
+  for i in pairs(unbound) do
+    answers[#answers + 1] = fields[keyed[i]]
+    answers[#answers + 1] = event .. ' - 0 - ' .. written
+  end
   if #answers > 0 then
-    redis.call('HSET', KEYS[8], unpack(answers))
-    redis.call('ZADD', KEYS[9], unpack(expiries))
+    record_answers(buckets, answers)
   end
   if m < want then
     -- The pool ran out within this batch: a buyer refused for the limit only because of a

@@ -3,9 +3,11 @@
 --
 -- KEYS[1] event:{id}:reserve:<instance>, KEYS[2] event:{id}:reserved, KEYS[3] event:{id}:sold,
 -- KEYS[4] event:{id}:held, KEYS[5] event:{id}:stale, KEYS[6] event:{id}:buyers,
--- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (see purchase.lua),
+-- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (the answers before time buckets),
 -- KEYS[9] event:{id}:fallback_buyers (HASH "<instance>\n<buyer>" -> tickets that instance's
--- reserves sold the buyer, over all its runs: a restarted instance starts its count from it)
+-- reserves sold the buyer, over all its runs: a restarted instance starts its count from it),
+-- KEYS[10] <answers>:width (the answers' time buckets: see purchase.lua, whose layout and
+-- helpers below are the same)
 -- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
 -- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
 -- ("" none), the remaining count its buyer was told
@@ -31,7 +33,30 @@ local settled, already, late = 0, 0, 0
 local conflicts, over, twice, seen = {}, {}, {}, {}
 local limit = tonumber(ARGV[2])
 local t = redis.call('TIME')
-local expiry = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local life = tonumber(ARGV[3])
+local event = string.match(KEYS[3], '{(.*)}')
+
+-- As in purchase.lua: the answers' buckets for a call at `now`, newest first.
+local function answer_buckets()
+  local width = tonumber(redis.call('GET', KEYS[10]) or '0')
+  if width == 0 then
+    width = math.max(math.ceil(life / 2), 1000)
+    redis.call('SET', KEYS[10], width, 'PXAT', (math.floor(now / width) + 1) * width + life)
+  end
+  local last, first = math.floor(now / width), math.floor((now - life) / width)
+  if last - first >= 256 then
+    error('ticketd: an Idempotency-Key lifetime of ' .. life .. ' ms needs ' ..
+      (last - first + 1) .. ' buckets of ' .. width .. ' ms (another instance set that width)')
+  end
+  local prefix = string.sub(KEYS[10], 1, -6)
+  local names = {}
+  for b = last, first, -1 do
+    names[#names + 1] = prefix .. b
+  end
+  return {width = width, names = names, expiry = (last + 1) * width + life}
+end
+local buckets
 for i = 4, #ARGV, 6 do
   local ticket, purchase, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local buyer, key, remaining = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
@@ -63,17 +88,38 @@ for i = 4, #ARGV, 6 do
     if buyer ~= '' or key ~= '' then
       if key ~= '' then
         local field = buyer .. '\n' .. key
-        local rec = redis.call('HGET', KEYS[7], field)
-        local mine = rec and string.sub(rec, 1, #ticket + 1) == ticket .. ' '
-        if rec and not mine then
+        buckets = buckets or answer_buckets()
+        -- What the key answers now: the newest record that counts, else the layout before
+        -- buckets. A key bound to another event (a single Redis) keeps that binding.
+        local ev, sold, batch
+        for _, name in ipairs(buckets.names) do
+          local rec = redis.call('HGET', name, field)
+          local e, tk, _, b, at = string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+)$')
+          if at and tonumber(at) + life > now then
+            ev, sold, batch = e, tk, b
+            break
+          end
+        end
+        if not sold or sold == '-' then
+          local rec = redis.call('HGET', KEYS[7], field)
+          if rec then
+            sold, batch = string.match(rec, '^(%S+) %d+ (%S+)$')
+          end
+        end
+        local mine = sold == ticket
+        if sold and sold ~= '-' and not mine then
           twice[#twice + 1] = field
         end
         -- The fallback's answer was told (journaled before it was sent). It replaces an answer
         -- not yet confirmed by a repeat (a batch that may still be made void), so the key keeps
         -- answering a ticket its buyer holds; a confirmed one ("*") stays.
-        if not mine and not (rec and string.sub(rec, -2) == ' *') then
-          redis.call('HSET', KEYS[7], field, ticket .. ' ' .. remaining .. ' *')
-          redis.call('ZADD', KEYS[8], expiry, field)
+        if not mine and batch ~= '*' and not (ev and ev ~= event) then
+          local current = buckets.names[1]
+          redis.call('HSET', current, field,
+            event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. string.format('%d', now))
+          redis.call('PEXPIREAT', current, buckets.expiry, 'NX')
+          redis.call('PEXPIREAT', current, buckets.expiry, 'GT')
+          redis.call('PEXPIREAT', KEYS[10], buckets.expiry, 'GT')
         end
       end
       if limit > 0 and buyer ~= '' and not seen[buyer] then

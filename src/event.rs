@@ -88,11 +88,15 @@ pub struct EventKeys {
     /// `event:{id}:buyers`: ZSET (scores 0) of `<buyer>\n<ticket>`: each known buyer's
     /// tickets, one lexicographic range per buyer.
     pub buyers: Key,
-    /// `event:{id}:keys`: HASH `<buyer>\n<Idempotency-Key>` -> `<ticket> <remaining> <batch id>`
-    /// (`*` for the batch once the answer was replayed).
+    /// `event:{id}:keys`: HASH `<buyer>\n<Idempotency-Key>` -> `<ticket> <remaining> <batch id>`,
+    /// the answers as the layout before time buckets kept them: read (and swept) while it
+    /// exists, never written anew.
     pub idempotency: Key,
-    /// `event:{id}:keys:ttl`: ZSET `<buyer>\n<Idempotency-Key>` -> expiry (unix ms).
+    /// `event:{id}:keys:ttl`: ZSET `<buyer>\n<Idempotency-Key>` -> expiry (unix ms), the same.
     pub idempotency_ttl: Key,
+    /// `event:{id}:idempotency:width`: the width of this event's answer buckets
+    /// (`event:{id}:idempotency:<bucket>`), on a cluster ([`Answers::PerEvent`]).
+    pub answers_width: Key,
     /// `event:{id}:fallback_buyers`: HASH `<instance>\n<buyer>` -> tickets that instance's
     /// reserves sold the buyer (written by `settle.lua`), so that a restarted instance holds a
     /// buyer to the limit from what all its runs sold, not only this one.
@@ -123,6 +127,7 @@ impl EventKeys {
             buyers: Key::from(format!("event:{{{id}}}:buyers")),
             idempotency: Key::from(format!("event:{{{id}}}:keys")),
             idempotency_ttl: Key::from(format!("event:{{{id}}}:keys:ttl")),
+            answers_width: Key::from(format!("event:{{{id}}}:idempotency:width")),
             fallback_buyers: Key::from(format!("event:{{{id}}}:fallback_buyers")),
         }
     }
@@ -170,15 +175,51 @@ impl EventKeys {
         ]
     }
 
-    /// The keys of `purchase.lua` with buyers, and of `cancel.lua` (`KEYS[1..9]`).
-    pub fn buyer_script_keys(&self) -> Vec<Key> {
+    /// The keys of `purchase.lua` with buyers, and of `cancel.lua` (`KEYS[1..10]`), for a store
+    /// that keeps its answers as `answers` says.
+    pub fn buyer_script_keys(&self, answers: Answers) -> Vec<Key> {
         let mut keys = self.script_keys();
         keys.extend([
             self.buyers.clone(),
             self.idempotency.clone(),
             self.idempotency_ttl.clone(),
+            self.answers_width(answers),
         ]);
         keys
+    }
+
+    /// The width key of the answer buckets this event's keyed purchases use.
+    pub fn answers_width(&self, answers: Answers) -> Key {
+        match answers {
+            Answers::Shared => SHARED_ANSWERS_WIDTH,
+            Answers::PerEvent => self.answers_width.clone(),
+        }
+    }
+}
+
+/// The width key of the answer buckets shared by all events on a single Redis.
+const SHARED_ANSWERS_WIDTH: Key = Key::from_static_str("idempotency:width");
+
+/// Where a store keeps the answers to `Idempotency-Key`s: hashes of time buckets, named from a
+/// width key (`lua/purchase.lua`, "The answers"; design.md, the key layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// One family for every event, `idempotency:<bucket>`: a single Redis, where a key's answer
+    /// also binds it to the event it was first used for, in the purchase script.
+    Shared,
+    /// Each event's own, `event:{id}:idempotency:<bucket>`, in the event's slot: a Redis
+    /// Cluster, where ticketd binds a key in its buyer's slot before the call.
+    PerEvent,
+}
+
+impl Answers {
+    /// The layout of a store that is (`true`) or is not one Redis node.
+    pub fn of_single_node(single_node: bool) -> Self {
+        if single_node {
+            Self::Shared
+        } else {
+            Self::PerEvent
+        }
     }
 }
 

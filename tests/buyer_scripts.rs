@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use ticketd::catalog::Catalog;
-use ticketd::event::{Event, EventKeys};
+use ticketd::event::{Answers, Event, EventKeys};
 use ticketd::seed::seed_event;
 use ticketd::store::ids::Ids;
 use ticketd::store::purchaser::{BuyerPolicy, Purchaser};
@@ -156,7 +156,12 @@ async fn buy(r: &Client, batch: &str, buyer: &str, key: &str) -> Vec<String> {
         .map(|a| Value::from(*a))
         .collect();
     let reply: Vec<Value> = LuaScript::new(PURCHASE)
-        .run(r, EventKeys::new("v").buyer_script_keys(), args, || {})
+        .run(
+            r,
+            EventKeys::new("v").buyer_script_keys(Answers::PerEvent),
+            args,
+            || {},
+        )
         .await
         .unwrap();
     reply.iter().map(|v| v.as_string().unwrap()).collect()
@@ -166,12 +171,44 @@ async fn void(r: &Client, batch: &str) -> i64 {
     LuaScript::new(CANCEL)
         .run(
             r,
-            EventKeys::new("v").buyer_script_keys(),
+            EventKeys::new("v").buyer_script_keys(Answers::PerEvent),
             vec![Value::from(batch)],
             || {},
         )
         .await
         .unwrap()
+}
+
+/// The answer buckets of a family (`event:{v}:idempotency` or `idempotency`), named by Redis.
+async fn buckets(r: &Client, family: &str) -> Vec<String> {
+    let mut names: Vec<String> = r
+        .custom(fred::cmd!("KEYS"), vec![format!("{family}:*")])
+        .await
+        .unwrap();
+    names.retain(|n| !n.ends_with(":width"));
+    names.sort();
+    names
+}
+
+/// The newest record of `field` in a family's buckets (`<event> <ticket> <remaining> <batch>
+/// <written>`), and its bucket.
+async fn answer(r: &Client, family: &str, field: &str) -> Option<(String, String)> {
+    let mut newest: Option<(u64, String, String)> = None;
+    for name in buckets(r, family).await {
+        let rec: Option<String> = r.hget(&name, field).await.unwrap();
+        if let Some(rec) = rec {
+            let b: u64 = name.rsplit(':').next().unwrap().parse().unwrap();
+            if newest.as_ref().is_none_or(|(n, ..)| b > *n) {
+                newest = Some((b, rec, name));
+            }
+        }
+    }
+    newest.map(|(_, rec, name)| (rec, name))
+}
+
+/// The record without its write time (the rest is what a test can predict).
+fn told(record: &str) -> &str {
+    record.rsplit_once(' ').unwrap().0
 }
 
 #[tokio::test]
@@ -185,6 +222,10 @@ async fn a_void_sale_forgets_its_key_unless_a_repeat_was_answered() {
     // The batch's outcome was never learned: made void, the ticket goes back, the key and the
     // buyer's ticket are forgotten, so a retry buys afresh.
     assert_eq!(void(&r, "i.1:1").await, 1);
+    let (record, _) = answer(&r, "event:{v}:idempotency", "alice\nk")
+        .await
+        .unwrap();
+    assert_eq!(told(&record), "v - 0 -", "bound, no ticket: {record:?}");
     let held: u64 = r
         .custom(fred::cmd!("ZCARD"), vec!["event:{v}:buyers"])
         .await
@@ -202,7 +243,10 @@ async fn a_void_sale_forgets_its_key_unless_a_repeat_was_answered() {
     assert_eq!(repeat[4], format!("R:{second}:9"), "{repeat:?}");
     // The key expires (or is swept) before the cancellation runs, as it may when a cut-off
     // instance comes back late or runs its journal again: the ticket still stays sold.
-    let _: () = r.hdel("event:{v}:keys", "alice\nk").await.unwrap();
+    let (_, bucket) = answer(&r, "event:{v}:idempotency", "alice\nk")
+        .await
+        .unwrap();
+    let _: () = r.hdel(&bucket, "alice\nk").await.unwrap();
     assert_eq!(void(&r, "i.1:2").await, 0);
     let record: Option<String> = r.hget("event:{v}:sold", &second).await.unwrap();
     assert!(
@@ -219,7 +263,8 @@ async fn a_void_sale_forgets_its_key_unless_a_repeat_was_answered() {
 #[tokio::test]
 async fn a_key_expires_after_its_lifetime_and_then_buys_afresh() {
     let redis = RedisServer::start();
-    let (store, event) = store_with(&redis, "ttl", 100, None, Duration::from_millis(200)).await;
+    let life = Duration::from_millis(200);
+    let (store, event) = store_with(&redis, "ttl", 100, None, life).await;
     let first = store
         .purchase_as(&event, who("alice", Some("k")))
         .await
@@ -228,30 +273,59 @@ async fn a_key_expires_after_its_lifetime_and_then_buys_afresh() {
         panic!("{first:?}");
     };
     let r = redis.client().await;
-    // Bounded wait for the binding to expire (Redis's clock decides).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: i64 = r.pttl("buyer:{5:alice}:key:k").await.unwrap();
-        if left < 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binding never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A single Redis: one family for every event, where the answer also binds the key.
+    let (record, _) = answer(&r, "idempotency", "alice\nk").await.unwrap();
+    let written: u64 = record.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        record.starts_with(&format!("ttl ttl-{ticket:06} 99 ")),
+        "{record:?}"
+    );
+    // Still within its lifetime: the same answer.
     let again = store
         .purchase_as(&event, who("alice", Some("k")))
         .await
         .unwrap();
+    let redis_now = |r: Client| async move {
+        let t: Vec<u64> = r
+            .custom(fred::cmd!("TIME"), Vec::<String>::new())
+            .await
+            .unwrap();
+        t[0] * 1000 + t[1] / 1000
+    };
+    if redis_now(r.clone()).await < written + 200 {
+        assert!(matches!(again, Sale::Replayed { .. }), "{again:?}");
+    }
+    // Bounded wait for the lifetime to pass on Redis's clock, which decides.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while redis_now(r.clone()).await < written + 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis's clock stood still"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
     assert!(
-        matches!(again, Sale::Sold { ticket: t, .. } if t != ticket),
-        "an expired key is a new purchase: {again:?}"
+        matches!(after, Sale::Sold { ticket: t, .. } if t != ticket),
+        "an expired key is a new purchase: {after:?}"
     );
-    // The expired answer was dropped by that call: only the new one is left.
-    let answers: u64 = r.hlen("event:{ttl}:keys").await.unwrap();
-    assert_eq!(answers, 1);
+    // Nothing is kept for good: every bucket, and the width, expire as a whole, at most one
+    // width (1 s at this lifetime) plus one lifetime from now.
+    let width: u64 = r.get("idempotency:width").await.unwrap();
+    assert_eq!(width, 1000, "half the lifetime, at least 1 s");
+    let names = buckets(&r, "idempotency").await;
+    assert!(!names.is_empty());
+    for name in names
+        .iter()
+        .map(String::as_str)
+        .chain(["idempotency:width"])
+    {
+        let left: i64 = r.pttl(name).await.unwrap();
+        assert!(left > 0 && left <= 1200, "{name} expires in {left} ms");
+    }
 }
 
 /// Runs `settle.lua` for one fallback sale of `ticket` to alice with key `k`, as instance
@@ -267,6 +341,7 @@ async fn settle_one(r: &Client, ticket: &str) -> Vec<Value> {
         "keys",
         "keys:ttl",
         "fallback_buyers",
+        "idempotency:width",
     ]
     .iter()
     .map(|k| format!("event:{{v}}:{k}"))
@@ -298,17 +373,231 @@ async fn a_fallback_answer_replaces_an_unconfirmed_one_and_survives_its_void() {
         matches!(&reply[5], Value::Array(twice) if twice.len() == 1),
         "reported as a key with two sales: {reply:?}"
     );
-    let answer: String = r.hget("event:{v}:keys", "alice\nk").await.unwrap();
+    let (told_now, _) = answer(&r, "event:{v}:idempotency", "alice\nk")
+        .await
+        .unwrap();
     assert_eq!(
-        answer, "v-000010 7 *",
+        told(&told_now),
+        "v v-000010 7 *",
         "the key answers the ticket its buyer was told"
     );
     assert_eq!(void(&r, "i.1:1").await, 1, "the unconfirmed sale goes back");
-    let answer: String = r.hget("event:{v}:keys", "alice\nk").await.unwrap();
-    assert_eq!(
-        answer, "v-000010 7 *",
-        "and the key still answers the told one"
-    );
+    let (still, _) = answer(&r, "event:{v}:idempotency", "alice\nk")
+        .await
+        .unwrap();
+    assert_eq!(still, told_now, "and the key still answers the told one");
     let pool: Vec<String> = r.lrange("event:{v}:tickets", 0, -1).await.unwrap();
     assert!(pool.contains(&first));
+}
+
+/// Runs `purchase.lua` as [`buy`] does, with key lifetime `life_ms`; the reply, or Redis's error.
+async fn buy_living(
+    r: &Client,
+    batch: &str,
+    buyer: &str,
+    key: &str,
+    life_ms: u64,
+) -> Result<Vec<String>, Error> {
+    let life = life_ms.to_string();
+    let args = [batch, "1", "0", &life, "", buyer, key]
+        .iter()
+        .map(|a| Value::from(*a))
+        .collect();
+    let reply: Vec<Value> = LuaScript::new(PURCHASE)
+        .run(
+            r,
+            EventKeys::new("v").buyer_script_keys(Answers::PerEvent),
+            args,
+            || {},
+        )
+        .await?;
+    Ok(reply.iter().map(|v| v.as_string().unwrap()).collect())
+}
+
+/// Redis's clock, unix ms.
+async fn redis_ms(r: &Client) -> u64 {
+    let t: Vec<u64> = r
+        .custom(fred::cmd!("TIME"), Vec::<String>::new())
+        .await
+        .unwrap();
+    t[0] * 1000 + t[1] / 1000
+}
+
+#[tokio::test]
+async fn an_answer_counts_in_any_bucket_of_its_lifetime_and_not_after_it() {
+    let redis = RedisServer::start();
+    let (_store, _event) = store(&redis, "v", 10, None).await;
+    let r = redis.client().await;
+    // Buckets of 1 s, keys living 3 s: records written 1.5 s and 2.9 s ago sit in earlier
+    // buckets than the current one, and still count; one written 3.5 s ago does not. (The event
+    // was installed just now, which would void them all: as if installed long ago.)
+    let _: () = r.hdel("event:{v}:meta", "installed").await.unwrap();
+    let _: () = r
+        .set("event:{v}:idempotency:width", 1000, None, None, false)
+        .await
+        .unwrap();
+    let now = redis_ms(&r).await;
+    let plant = |field: &'static str, ticket: &'static str, age: u64| {
+        let r = r.clone();
+        async move {
+            let at = now - age;
+            let bucket = format!("event:{{v}}:idempotency:{}", at / 1000);
+            let record = format!("v {ticket} 5 i.0:1 {at}");
+            let _: () = r.hset(bucket, (field, record)).await.unwrap();
+        }
+    };
+    plant("alice\nk", "v-000101", 1500).await;
+    plant("bob\nk", "v-000102", 2900).await;
+    plant("carol\nk", "v-000103", 3500).await;
+    // Two records of one key: the newer bucket's wins.
+    plant("dave\nk", "v-000104", 2900).await;
+    plant("dave\nk", "v-000105", 100).await;
+    for (buyer, ticket) in [
+        ("alice", "v-000101"),
+        ("bob", "v-000102"),
+        ("dave", "v-000105"),
+    ] {
+        let reply = buy_living(&r, &format!("b.{buyer}"), buyer, "k", 3000)
+            .await
+            .unwrap();
+        assert_eq!(reply[4], format!("R:{ticket}:5"), "{buyer}: {reply:?}");
+    }
+    let carol = buy_living(&r, "b.carol", "carol", "k", 3000).await.unwrap();
+    assert_eq!(
+        carol[4], "S",
+        "an expired answer is a new purchase: {carol:?}"
+    );
+    // The replayed answers are marked where they are, in their own buckets.
+    let (alice, bucket) = answer(&r, "event:{v}:idempotency", "alice\nk")
+        .await
+        .unwrap();
+    assert_eq!(told(&alice), "v v-000101 5 *");
+    assert_eq!(
+        bucket,
+        format!("event:{{v}}:idempotency:{}", (now - 1500) / 1000)
+    );
+}
+
+#[tokio::test]
+async fn a_lifetime_too_long_for_the_width_is_refused_before_any_write() {
+    let redis = RedisServer::start();
+    let (_store, _event) = store(&redis, "v", 10, None).await;
+    let r = redis.client().await;
+    let _: () = r
+        .set("event:{v}:idempotency:width", 1000, None, None, false)
+        .await
+        .unwrap();
+    let refused = buy_living(&r, "b.1", "alice", "k", 300_000).await;
+    let e = refused.expect_err("300 s in buckets of 1 s");
+    assert!(e.to_string().contains("needs 301 buckets"), "{e}");
+    let batch: Option<String> = r.hget("event:{v}:batches", "b.1").await.unwrap();
+    assert_eq!(batch, None, "nothing ran");
+    let pool: u64 = r.llen("event:{v}:tickets").await.unwrap();
+    assert_eq!(pool, 10);
+    // Within 255 widths it runs.
+    let ok = buy_living(&r, "b.2", "alice", "k", 200_000).await.unwrap();
+    assert_eq!(ok[4], "S", "{ok:?}");
+}
+
+#[tokio::test]
+async fn a_reset_event_does_not_answer_keys_with_tickets_of_its_old_pool() {
+    let redis = RedisServer::start();
+    let (store, event) = store(&redis, "rs", 10, None).await;
+    let first = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    assert!(matches!(first, Sale::Sold { ticket: 1, .. }), "{first:?}");
+    // The operator resets the event (instances stopped): its pool is whole again, so ticket 1 is
+    // unsold and will go to whoever buys next. A key answered before the reset must not say
+    // that it is alice's.
+    let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
+    pool.init().await.unwrap();
+    seed_event(&pool, "rs", 10, true).await.unwrap();
+    let bob = store.purchase_as(&event, who("bob", None)).await.unwrap();
+    assert!(matches!(bob, Sale::Sold { ticket: 1, .. }), "{bob:?}");
+    let again = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Sale::Sold { ticket: 2, .. }),
+        "a new purchase, not bob's ticket: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn answers_of_the_layout_before_buckets_are_still_replayed_voided_and_swept() {
+    let redis = RedisServer::start();
+    let (_store, _event) = store(&redis, "v", 10, None).await;
+    let r = redis.client().await;
+    // What an older ticketd left: two sales with keys (one answered, one whose batch is to be
+    // made void) and an answer whose lifetime is over.
+    let now = redis_ms(&r).await;
+    for (ticket, batch, buyer) in [
+        ("v-000010", "old.1:1", "alice"),
+        ("v-000009", "old.1:2", "bob"),
+    ] {
+        let _: String = r.rpop("event:{v}:tickets", None).await.unwrap();
+        let record = format!("{batch} {now}\n{buyer}\nk");
+        let _: () = r.hset("event:{v}:sold", (ticket, record)).await.unwrap();
+        let _: () = r.hset("event:{v}:batches", (batch, ticket)).await.unwrap();
+        let _: () = r
+            .hset(
+                "event:{v}:keys",
+                (format!("{buyer}\nk"), format!("{ticket} 8 {batch}")),
+            )
+            .await
+            .unwrap();
+        let expiry = (now + 86_400_000).to_string();
+        let _: () = r
+            .custom(
+                fred::cmd!("ZADD"),
+                vec![
+                    "event:{v}:keys:ttl".to_owned(),
+                    expiry,
+                    format!("{buyer}\nk"),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let _: () = r
+        .hset("event:{v}:keys", ("carol\nk", "v-000001 9 old.1:0"))
+        .await
+        .unwrap();
+    let expired = (now - 1).to_string();
+    let _: () = r
+        .custom(
+            fred::cmd!("ZADD"),
+            vec!["event:{v}:keys:ttl", &expired, "carol\nk"],
+        )
+        .await
+        .unwrap();
+    let alice = buy(&r, "new.1:1", "alice", "k").await;
+    assert_eq!(alice[4], "R:v-000010:8", "{alice:?}");
+    let old: String = r.hget("event:{v}:keys", "alice\nk").await.unwrap();
+    assert_eq!(old, "v-000010 8 *", "marked as told, where it is");
+    let sale: String = r.hget("event:{v}:sold", "v-000010").await.unwrap();
+    assert!(sale.starts_with("=old.1:1 "), "{sale:?}");
+    let swept: bool = r.hexists("event:{v}:keys", "carol\nk").await.unwrap();
+    assert!(!swept, "an expired old answer is swept as before");
+    for old in ["event:{v}:keys", "event:{v}:keys:ttl"] {
+        let left: i64 = r.pttl(old).await.unwrap();
+        assert!(
+            left > 0 && left <= 86_400_000,
+            "{old} goes within one lifetime: {left} ms"
+        );
+    }
+    // Voiding an old batch forgets its old answer: the retry buys afresh.
+    assert_eq!(void(&r, "old.1:2").await, 1);
+    let gone: bool = r.hexists("event:{v}:keys", "bob\nk").await.unwrap();
+    assert!(!gone);
+    let bob = buy(&r, "new.1:2", "bob", "k").await;
+    assert_eq!(bob[4], "S", "{bob:?}");
+    // Its new answer is in the buckets; the old hash is never written anew.
+    let (record, _) = answer(&r, "event:{v}:idempotency", "bob\nk").await.unwrap();
+    assert!(record.starts_with("v v-000009 "), "{record:?}");
+    let old_len: u64 = r.hlen("event:{v}:keys").await.unwrap();
+    assert_eq!(old_len, 1, "only alice's old answer is left");
 }

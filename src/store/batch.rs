@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tracing::Span;
 
-use crate::event::Event;
+use crate::event::{Answers, Event};
 use crate::metrics::Metrics;
 use crate::otel::spans;
 use crate::store::cancel::Cancels;
@@ -287,14 +287,16 @@ async fn round(client: &Client, orders: &mut Vec<Order>, cx: &Context) -> bool {
 
 /// The keys and arguments of a call for one event's `batch`: anonymous, or with buyers (the
 /// limit, the key lifetime, the event when the script binds keys, then (buyer, key) per
-/// purchase; the bindings' keys after the event's).
+/// purchase).
 fn one_event(batch: &[Order], id: &Bytes, cx: &Context) -> (Vec<fred::types::Key>, Vec<Value>) {
     let mut args = vec![Value::Bytes(id.clone()), Value::Integer(batch.len() as i64)];
     let event = &batch[0].event;
     if !batch.iter().any(|o| o.who.is_some()) {
         return (event.keys.script_keys(), args);
     }
-    let mut keys = event.keys.buyer_script_keys();
+    let keys = event
+        .keys
+        .buyer_script_keys(Answers::of_single_node(cx.single_node));
     args.reserve(3 + 2 * batch.len());
     args.push(Value::Integer(i64::from(cx.policy.limit())));
     args.push(Value::Integer(cx.policy.key_ttl_ms()));
@@ -306,11 +308,6 @@ fn one_event(batch: &[Order], id: &Bytes, cx: &Context) -> (Vec<fred::types::Key
             .map_or(("", ""), |w| (&*w.buyer, w.key_str()));
         args.push(Value::from(buyer));
         args.push(Value::from(key));
-        if cx.single_node {
-            if let Some(binding) = o.who.as_deref().and_then(Purchaser::claim_key) {
-                keys.push(binding.into());
-            }
-        }
     }
     (keys, args)
 }

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::event::Event;
+use crate::event::{Answers, Event};
 use crate::metrics::Metrics;
 use crate::store::journal::{Journal, Record};
 use crate::store::pool::PoolCell;
@@ -151,15 +151,18 @@ impl Cancels {
     }
 
     /// Starts the worker that sends the queued cancellations on `pool`, each call bounded by
-    /// `bound`; a cancellation is done once `replica_acks` replicas hold it.
+    /// `bound`; a cancellation is done once `replica_acks` replicas hold it. `answers`: where the
+    /// store keeps the answers of the keys a voided sale forgets.
     pub fn spawn_worker(
         &self,
         pool: Arc<PoolCell>,
         metrics: Arc<Metrics>,
         bound: Duration,
         replica_acks: u32,
+        answers: Answers,
     ) -> JoinHandle<()> {
-        tokio::spawn(work(self.inner.clone(), pool, metrics, bound, replica_acks))
+        let inner = self.inner.clone();
+        tokio::spawn(work(inner, pool, metrics, bound, replica_acks, answers))
     }
 
     /// Stops the worker (waiting at most `bound` for the calls under way) and returns what is
@@ -193,6 +196,7 @@ async fn work(
     metrics: Arc<Metrics>,
     bound: Duration,
     replica_acks: u32,
+    answers: Answers,
 ) {
     let script = LuaScript::new(CANCEL);
     let bound = bound.max(Duration::from_millis(500));
@@ -225,9 +229,12 @@ async fn work(
             let mut args = Vec::with_capacity(1 + p.tickets.len());
             args.push(Value::Bytes(p.batch.clone()));
             args.extend(p.tickets.iter().cloned().map(Value::Bytes));
-            let call = script.run::<i64>(client, p.event.keys.buyer_script_keys(), args, || {
-                metrics.script_reloaded()
-            });
+            let call = script.run::<i64>(
+                client,
+                p.event.keys.buyer_script_keys(answers),
+                args,
+                || metrics.script_reloaded(),
+            );
             timeout(bound, call)
         });
         let span = tracing::info_span!(target: crate::otel::TARGET, "cancel", ticketd.batches = batch.len());

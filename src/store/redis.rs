@@ -22,7 +22,7 @@ use fred::types::{Key, Value};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-use crate::event::Event;
+use crate::event::{Answers, Event};
 use crate::metrics::{Metrics, RedisErrorKind};
 use crate::store::batch::{Batcher, Order};
 use crate::store::cancel::{Cancels, PendingCancel};
@@ -51,8 +51,9 @@ pub struct RedisOptions {
     /// The per-buyer limit and key lifetime.
     pub buyers: BuyerPolicy,
     /// Whether this is a single Redis, where a script may take keys of any slot: the purchase
-    /// script then binds each `Idempotency-Key` to its event, and one anonymous call carries
-    /// several events' purchases. A cluster's shard stores leave the binding to the caller
+    /// script then keeps every event's `Idempotency-Key` answers in one family of time buckets
+    /// ([`crate::event::Answers::Shared`]), whose records bind each key to its event, and one
+    /// anonymous call carries several events' purchases. A cluster's shard stores leave the binding to the caller
     /// ([`RedisStore::claim`] on the shard of the binding's slot) and call once per event.
     pub single_node: bool,
 }
@@ -153,8 +154,13 @@ impl RedisStore {
         let cancels = Cancels::new();
         let size = pool.size();
         let pool = PoolCell::new(pool);
-        let cancel_worker =
-            cancels.spawn_worker(pool.clone(), metrics.clone(), timeout, options.replica_acks);
+        let cancel_worker = cancels.spawn_worker(
+            pool.clone(),
+            metrics.clone(),
+            timeout,
+            options.replica_acks,
+            Answers::of_single_node(options.single_node),
+        );
         let ids = ids.into();
         Self {
             batcher: Batcher::start(
@@ -343,8 +349,9 @@ impl RedisStore {
 
     /// Binds `who`'s key to `event`, unless it is bound already: `Ok(true)` when it is bound to
     /// `event` (now or before), `Ok(false)` when to another event (the request is refused with
-    /// `422`). The binding lives as long as the key's answer (`SET NX GET PX`). Call it on the
-    /// store that serves the slot of [`Purchaser::claim_key`].
+    /// `422`). The binding lives as long as the key's answer (`SET NX GET PX`). A cluster's
+    /// only (one Redis binds in the purchase script); call it on the store that serves the slot
+    /// of [`Purchaser::claim_key`].
     ///
     /// # Errors
     /// A Redis error, not connected, or the timeout.

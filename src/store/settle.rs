@@ -8,7 +8,7 @@ use tracing::Instrument;
 use bytes::Bytes;
 use fred::types::{Key, Value};
 
-use crate::event::EventKeys;
+use crate::event::{Answers, EventKeys};
 use crate::store::fallback::{EventReserve, RecoveredSale, Shared};
 use crate::store::purchaser::Attribution;
 use crate::store::reserve::FallbackSale;
@@ -55,7 +55,7 @@ pub async fn settle(s: &Shared, script: &LuaScript, er: &EventReserve) -> Result
             })
             .collect()
     };
-    let keys = keys(&er.event.keys, er.key.clone());
+    let keys = keys(&er.event.keys, er.key.clone(), s);
     let (done, result) = write(s, script, &er.event.id, keys, &owed).await;
     er.buyers
         .lock()
@@ -89,6 +89,7 @@ pub async fn settle_recovered(s: &Shared, script: &LuaScript) -> Result<u64, Sto
         let keys = keys(
             &EventKeys::new(event),
             EventKeys::reserve(event, s.redis.instance()),
+            s,
         );
         let owed: Vec<Owed> = group
             .iter()
@@ -123,7 +124,7 @@ pub async fn settle_recovered(s: &Shared, script: &LuaScript) -> Result<u64, Sto
     result.map(|()| written)
 }
 
-fn keys(event: &EventKeys, reserve: Key) -> Vec<Key> {
+fn keys(event: &EventKeys, reserve: Key, s: &Shared) -> Vec<Key> {
     vec![
         reserve,
         event.reserved.clone(),
@@ -134,6 +135,7 @@ fn keys(event: &EventKeys, reserve: Key) -> Vec<Key> {
         event.idempotency.clone(),
         event.idempotency_ttl.clone(),
         event.fallback_buyers.clone(),
+        event.answers_width(Answers::of_single_node(s.redis.binds_keys())),
     ]
 }
 
