@@ -6,8 +6,8 @@
 # at $CONNECTIONS connections:
 #   anonymous   POST /buy/:id, no authentication (the path every earlier benchmark measured)
 #   jwt         every request carries an HS256 token of one of $BUYERS buyers (--jwt-secret)
-#   jwt-key     the same, plus a fresh Idempotency-Key per request (the key is bound to its event
-#               with one SET, then checked and recorded by the purchase script)
+#   jwt-key     the same, plus a fresh Idempotency-Key per request (looked up, bound to its event
+#               and recorded by the purchase script, in the answers' time buckets)
 #   jwt-key-limit  the same with --max-per-buyer (high enough never to refuse: what the count
 #               costs, not what refusals save)
 #   jwt-nocache, jwt-key-nocache  jwt and jwt-key with --jwt-cache-size 0: every token

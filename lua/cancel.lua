@@ -50,9 +50,10 @@ for _, ticket in ipairs(tickets) do
         if width > 0 and at then
           local name = string.sub(KEYS[10], 1, -6) .. math.floor(tonumber(at) / width)
           local rec = redis.call('HGET', name, field)
-          local ev, sold, _, _, written = string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+)$')
+          local ev, sold, _, _, stamp =
+            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+ %d+)$')
           if sold == ticket then
-            redis.call('HSET', name, field, ev .. ' - 0 - ' .. written)
+            redis.call('HSET', name, field, ev .. ' - 0 - ' .. stamp)
           end
         end
         local rec = redis.call('HGET', KEYS[8], field)

@@ -16,9 +16,9 @@
 -- the instances selling the event before a reset: an instance selling from memory while Redis
 -- is unreachable would not learn of it.
 --
--- An install stamps event:{id}:meta "installed" (unix ms, Redis clock): the Idempotency-Key
--- answers live in time buckets outside these keys (purchase.lua), and those written before the
--- stamp no longer answer a ticket, as the reset pool sold none of them.
+-- An install counts up event:{id}:meta "install": the Idempotency-Key answers live in time
+-- buckets outside these keys (purchase.lua), and those written under an earlier count no longer
+-- answer a ticket, as the reset pool sold none of them.
 --
 -- Returns {1, capacity} when installed, {0, existing capacity} when the event was left alone.
 -- Two seeders racing on one event cannot both install: the meta key decides, atomically.
@@ -39,7 +39,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])
 end
-local now = redis.call('TIME')
-redis.call('HSET', KEYS[5], 'capacity', ARGV[1], 'installed',
-  string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000)))
+redis.call('HSET', KEYS[5], 'capacity', ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'install', 1)
 return {1, tonumber(ARGV[1])}

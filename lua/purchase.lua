@@ -13,7 +13,7 @@
 -- ARGV[1] batch id, unique per call ("<instance>.<run>:<n>")
 -- ARGV[2] purchases in the batch, n >= 1 (anonymous calls on a single Redis may carry several
 --         events: see the end of this file)
--- With buyers (ARGV[3] present): see `buyers` below: KEYS[7..9] and
+-- With buyers (ARGV[3] present): see `buyers` below: KEYS[7..10] and
 -- ARGV[3..], and a fifth reply element.
 --
 -- Returns {status, unsold, reserved, tickets}:
@@ -53,12 +53,13 @@
 --          every anonymous client), Idempotency-Key ("" none)
 --
 -- The answers. <answers>:<b> is a HASH "<buyer>\n<key>" -> "<event> <ticket> <remaining> <batch
--- id> <written>" of the keys first answered (or bound) in bucket b = floor(written / width), at
--- unix ms <written> (Redis clock). The batch id is "*" once the answer was replayed; ticket and
--- batch are "-" for a key bound to its event without a sale (the pool was empty, the buyer at
--- the limit: a single Redis only). A record counts while written + lifetime > now; one written
--- no later than the event's install (event:{id}:meta "installed") keeps the key bound to the
--- event but answers no ticket, since a reset pool sold none of them.
+-- id> <written> <install>" of the keys answered (or bound) in bucket b = floor(written / width),
+-- at unix ms <written> (Redis clock), while the event's pool was its <install>th (event:{id}:meta
+-- "install", counted up by every install and reset; absent: 0). The batch id is "*" once the
+-- answer was replayed; ticket and batch are "-" for a key bound to its event without a sale (the
+-- pool was empty, the buyer at the limit: a single Redis only). A record counts while written +
+-- lifetime > now; one of an earlier install keeps the key bound to the event but answers no
+-- ticket, since the reset pool sold none of them.
 -- Each bucket hash expires as a whole once its newest record can no longer count, so there is
 -- no per-key expiry and no sweep: a key costs one hash field. The width is set by the first
 -- writer (half its lifetime, at least 1 s) and expires with the last bucket, so every instance
@@ -137,29 +138,29 @@ local function buyers(reserved)
       keyed[i] = #fields
     end
   end
-  local buckets, found, where, legacy = nil, {}, {}, {}
+  local buckets, found, where, legacy, install = nil, {}, {}, {}, '0'
   if #fields > 0 then
     local err
     buckets, err = answer_buckets(now, life)
     if not buckets then
       return redis.error_reply(err)
     end
-    local installed = tonumber(redis.call('HGET', KEYS[4], 'installed') or '0')
+    install = redis.call('HGET', KEYS[4], 'install') or '0'
     local left = #fields
     for _, name in ipairs(buckets.names) do
       local got = redis.call('HMGET', name, unpack(fields))
       for j = 1, #fields do
         local rec = got[j]
         if rec and not found[j] then
-          local ev, ticket, remaining, batch, at =
-            string.match(rec, '^(%S+) (%S+) (%d+) (%S+) (%d+)$')
+          local ev, ticket, remaining, batch, at, pool =
+            string.match(rec, '^(%S+) (%S+) (%d+) (%S+) (%d+) (%d+)$')
           local ms = tonumber(at)
           if ms and ms + life > now then
-            if ev == event and ms <= installed then
+            if ev == event and pool ~= install then
               -- Answered before the event was reset: still bound to it, its ticket void.
               ticket = '-'
             end
-            found[j] = {ev, ticket, remaining, batch, at}
+            found[j] = {ev, ticket, remaining, batch, at, pool}
             where[j] = name
             left = left - 1
           end
@@ -198,7 +199,7 @@ local function buyers(reserved)
         out = 'K'
       elseif rec then
         seen[field] = true
-        local ev, ticket, remaining, batch, at = rec[1], rec[2], rec[3], rec[4], rec[5]
+        local ev, ticket, remaining, batch, at, pool = unpack(rec)
         if bind ~= '' and ev ~= event then
           out = 'U'
         elseif ticket ~= '-' then
@@ -209,7 +210,8 @@ local function buyers(reserved)
             local marks = replayed[where[j]] or {}
             replayed[where[j]] = marks
             marks[#marks + 1] = field
-            marks[#marks + 1] = ev .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. at
+            marks[#marks + 1] = ev .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. at .. ' ' ..
+              pool
             local sale = redis.call('HGET', KEYS[2], ticket)
             if sale and string.sub(sale, 1, 1) ~= '=' then
               redis.call('HSET', KEYS[2], ticket, '=' .. sale)
@@ -284,6 +286,7 @@ local function buyers(reserved)
   local m = #popped
   local unsold = redis.call('LLEN', KEYS[1]) + reserved
   local record = ARGV[1] .. ' ' .. now
+  local stamp = written .. ' ' .. install
   local ledger, index, answers = {}, {}, {}
   local k = 0
   for i = 1, n do
@@ -311,7 +314,7 @@ local function buyers(reserved)
         if key ~= '' then
           answers[#answers + 1] = fields[keyed[i]]
           answers[#answers + 1] = event .. ' ' .. ticket .. ' ' .. (unsold + m - k) .. ' ' ..
-            ARGV[1] .. ' ' .. written
+            ARGV[1] .. ' ' .. stamp
           unbound[i] = nil
         end
       end
@@ -325,7 +328,7 @@ local function buyers(reserved)
   end
   for i in pairs(unbound) do
     answers[#answers + 1] = fields[keyed[i]]
-    answers[#answers + 1] = event .. ' - 0 - ' .. written
+    answers[#answers + 1] = event .. ' - 0 - ' .. stamp
   end
   if #answers > 0 then
     record_answers(buckets, answers)

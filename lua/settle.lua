@@ -7,7 +7,7 @@
 -- KEYS[9] event:{id}:fallback_buyers (HASH "<instance>\n<buyer>" -> tickets that instance's
 -- reserves sold the buyer, over all its runs: a restarted instance starts its count from it),
 -- KEYS[10] <answers>:width (the answers' time buckets: see purchase.lua, whose layout and
--- helpers below are the same)
+-- helpers below are the same), KEYS[11] event:{id}:meta (its "install" count)
 -- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
 -- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
 -- ("" none), the remaining count its buyer was told
@@ -56,7 +56,15 @@ local function answer_buckets()
   end
   return {width = width, names = names, expiry = (last + 1) * width + life}
 end
-local buckets
+-- Known before any write: a lifetime the buckets cannot serve stops the call with nothing done.
+local buckets, install
+for i = 8, #ARGV, 6 do
+  if ARGV[i] ~= '' then
+    buckets = answer_buckets()
+    install = redis.call('HGET', KEYS[11], 'install') or '0'
+    break
+  end
+end
 for i = 4, #ARGV, 6 do
   local ticket, purchase, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local buyer, key, remaining = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
@@ -88,22 +96,25 @@ for i = 4, #ARGV, 6 do
     if buyer ~= '' or key ~= '' then
       if key ~= '' then
         local field = buyer .. '\n' .. key
-        buckets = buckets or answer_buckets()
-        -- What the key answers now: the newest record that counts, else the layout before
-        -- buckets. A key bound to another event (a single Redis) keeps that binding.
+        -- What the key answers now: the newest record that counts (one of an earlier install
+        -- of the event answers no ticket), else the layout before buckets.
         local ev, sold, batch
         for _, name in ipairs(buckets.names) do
           local rec = redis.call('HGET', name, field)
-          local e, tk, _, b, at = string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+)$')
+          local e, tk, _, b, at, pool =
+            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+) (%d+)$')
           if at and tonumber(at) + life > now then
             ev, sold, batch = e, tk, b
+            if ev == event and pool ~= install then
+              sold, batch = '-', '-'
+            end
             break
           end
         end
         if not sold or sold == '-' then
           local rec = redis.call('HGET', KEYS[7], field)
           if rec then
-            sold, batch = string.match(rec, '^(%S+) %d+ (%S+)$')
+            ev, sold, batch = event, string.match(rec, '^(%S+) %d+ (%S+)$')
           end
         end
         local mine = sold == ticket
@@ -112,11 +123,13 @@ for i = 4, #ARGV, 6 do
         end
         -- The fallback's answer was told (journaled before it was sent). It replaces an answer
         -- not yet confirmed by a repeat (a batch that may still be made void), so the key keeps
-        -- answering a ticket its buyer holds; a confirmed one ("*") stays.
-        if not mine and batch ~= '*' and not (ev and ev ~= event) then
+        -- answering a ticket its buyer holds; a confirmed one ("*") of this event stays. On a
+        -- single Redis it also replaces another event's record, whose buyer then gets 422 on a
+        -- retry there: the key went to two events, and a lost answer here would sell again.
+        if not mine and not (batch == '*' and ev == event) then
           local current = buckets.names[1]
-          redis.call('HSET', current, field,
-            event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. string.format('%d', now))
+          redis.call('HSET', current, field, event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' ..
+            string.format('%d', now) .. ' ' .. install)
           redis.call('PEXPIREAT', current, buckets.expiry, 'NX')
           redis.call('PEXPIREAT', current, buckets.expiry, 'GT')
           redis.call('PEXPIREAT', KEYS[10], buckets.expiry, 'GT')

@@ -136,6 +136,7 @@ fn keys(event: &EventKeys, reserve: Key, s: &Shared) -> Vec<Key> {
         event.idempotency_ttl.clone(),
         event.fallback_buyers.clone(),
         event.answers_width(Answers::of_single_node(s.redis.binds_keys())),
+        event.meta.clone(),
     ]
 }
 
