@@ -135,7 +135,7 @@ def measure(script, label, mode, calls, n, limit):
         conn.call("HSET", key("meta"), "capacity", total)
         sha = conn.call("SCRIPT", "LOAD", open(script).read()).decode()
         keys = [key(k) for k in ("tickets", "sold", "batches", "meta", "reserved", "stale",
-                                 "buyers", "keys", "keys:ttl")] + ["idempotency:width"]
+                                 "buyers", "keys", "keys:ttl")] + ["idempotency:widths"]
         requests = []
         for c in range(calls):
             argv, call_keys = ["cost.%d" % c, n], list(keys)

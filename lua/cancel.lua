@@ -3,7 +3,7 @@
 -- KEYS[1] event:{id}:tickets, KEYS[2] event:{id}:sold, KEYS[3] event:{id}:batches
 -- (KEYS[4] to KEYS[6] are passed as for purchase.lua and not used)
 -- KEYS[7] event:{id}:buyers, KEYS[8] event:{id}:keys, KEYS[9] event:{id}:keys:ttl (the answers
--- before time buckets), KEYS[10] <answers>:width (the answers' buckets: see purchase.lua)
+-- before time buckets), KEYS[10] <answers>:widths (the answers' buckets: see purchase.lua)
 -- ARGV[1] batch id
 -- ARGV[2..] ticket ids whose buyers left before the answer arrived; none when the caller never
 --           learned the batch's outcome (timeout, lost connection, unreadable reply)
@@ -42,16 +42,18 @@ for _, ticket in ipairs(tickets) do
     local buyer, key = string.match(record, '^[^\n]*\n([^\n]*)\n(.*)$')
     if buyer then
       if key ~= '' then
-        -- The sale's answer is in the bucket of the sale's time (the ledger record's); it stays
-        -- as the key's binding to the event, without the ticket.
+        -- The sale's answer is in a bucket of the sale's time (the ledger record's), of the
+        -- width its instance wrote; it stays as the key's binding to the event, without the
+        -- ticket.
         local field = buyer .. '\n' .. key
-        local at = string.match(record, '^%S+ (%d+)')
-        local width = tonumber(redis.call('GET', KEYS[10]) or '0')
-        if width > 0 and at then
-          local name = string.sub(KEYS[10], 1, -6) .. math.floor(tonumber(at) / width)
+        local at = tonumber(string.match(record, '^%S+ (%d+)'))
+        local prefix = string.sub(KEYS[10], 1, -7)
+        for _, member in ipairs(at and redis.call('ZRANGE', KEYS[10], 0, -1) or {}) do
+          local width = tonumber(string.match(member, '^(%d+):'))
+          local name = prefix .. width .. ':' .. math.floor(at / width)
           local rec = redis.call('HGET', name, field)
           local ev, sold, _, _, stamp =
-            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+ %d+)$')
+            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+ %S+)$')
           if sold == ticket then
             redis.call('HSET', name, field, ev .. ' - 0 - ' .. stamp)
           end

@@ -16,9 +16,11 @@
 -- the instances selling the event before a reset: an instance selling from memory while Redis
 -- is unreachable would not learn of it.
 --
--- An install counts up event:{id}:meta "install": the Idempotency-Key answers live in time
--- buckets outside these keys (purchase.lua), and those written under an earlier count no longer
--- answer a ticket, as the reset pool sold none of them.
+-- An install names the new pool in event:{id}:meta "install" ("<installs>.<sec>.<usec>": a count
+-- kept across resets, and Redis's clock, so that an event whose keys were deleted and seeded
+-- again gets a new name too): the Idempotency-Key answers live in time buckets outside these
+-- keys (purchase.lua), and those written under another name no longer answer a ticket, as the
+-- new pool sold none of them.
 --
 -- Returns {1, capacity} when installed, {0, existing capacity} when the event was left alone.
 -- Two seeders racing on one event cannot both install: the meta key decides, atomically.
@@ -39,6 +41,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])
 end
-redis.call('HSET', KEYS[5], 'capacity', ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'install', 1)
+local installs = redis.call('HINCRBY', KEYS[5], 'installs', 1)
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[5], 'capacity', ARGV[1], 'install', installs .. '.' .. now[1] .. '.' .. now[2])
 return {1, tonumber(ARGV[1])}

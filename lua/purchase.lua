@@ -42,28 +42,30 @@
 --                               <batch id>", and their expiry). Read while they exist, never
 --                               written but for a replay's "*", swept as before, and given an
 --                               expiry of one key lifetime when this version first sees them.
--- KEYS[10] <answers>:width      STRING, the width (ms) of the answers' time buckets, where
---                               <answers> is "idempotency" on a single Redis (one family for all
---                               events: the answer binds the key to its event) and
---                               "event:{id}:idempotency" on a cluster (the binding lives in the
---                               buyer's slot, claimed by ticketd before the call)
+-- KEYS[10] <answers>:widths     ZSET "<width>:<lifetime>" (ms) -> the expiry of the newest answer
+--                               bucket of that width, written by instances with that key
+--                               lifetime; <answers> is "idempotency" on a single Redis (one
+--                               family for all events: the answer binds the key to its event)
+--                               and "event:{id}:idempotency" on a cluster (the binding lives in
+--                               the buyer's slot, claimed by ticketd before the call)
 -- ARGV[3] most tickets per buyer (0: no limit), ARGV[4] key lifetime (ms), ARGV[5] the event id
 --          on a single Redis (keys are bound here), else ""
 -- ARGV[6..] per purchase, in order: buyer ("" anonymous: no limit, no list; its key is shared by
 --          every anonymous client), Idempotency-Key ("" none)
 --
--- The answers. <answers>:<b> is a HASH "<buyer>\n<key>" -> "<event> <ticket> <remaining> <batch
--- id> <written> <install>" of the keys answered (or bound) in bucket b = floor(written / width),
--- at unix ms <written> (Redis clock), while the event's pool was its <install>th (event:{id}:meta
--- "install", counted up by every install and reset; absent: 0). The batch id is "*" once the
--- answer was replayed; ticket and batch are "-" for a key bound to its event without a sale (the
--- pool was empty, the buyer at the limit: a single Redis only). A record counts while written +
--- lifetime > now; one of an earlier install keeps the key bound to the event but answers no
--- ticket, since the reset pool sold none of them.
--- Each bucket hash expires as a whole once its newest record can no longer count, so there is
--- no per-key expiry and no sweep: a key costs one hash field. The width is set by the first
--- writer (half its lifetime, at least 1 s) and expires with the last bucket, so every instance
--- reads the same buckets whatever lifetime each is configured with.
+-- The answers. <answers>:<width>:<b> is a HASH "<buyer>\n<key>" -> "<event> <ticket> <remaining>
+-- <batch id> <written> <install>" of the keys answered (or bound) in bucket b = floor(written /
+-- width), at unix ms <written> (Redis clock), while the event's pool was the one its meta names
+-- by <install> (event:{id}:meta "install", new at every install and reset; absent: 0). The
+-- batch id is "*" once the answer was replayed; ticket and batch are "-" for a key bound to its
+-- event without a sale (the pool was empty, the buyer at the limit: a single Redis only). A
+-- record counts while written + lifetime > now, the newest of a key's records wins, and one of
+-- an earlier install keeps the key bound to the event but answers no ticket, since the reset
+-- pool sold none of them. Each bucket hash expires as a whole once its newest record can no
+-- longer count, so there is no per-key expiry and no sweep: a key costs one hash field. A
+-- writer's width is half its lifetime (at least 1 s); the widths in use are listed with how
+-- long their buckets live, so every instance reads every live bucket, whatever lifetime each is
+-- configured with, and a changed lifetime simply starts buckets of another width.
 --
 -- Returns {status, unsold, reserved, tickets, outcomes}: outcomes holds one token per purchase,
 -- space-separated: "S" sold now (the next ticket of `tickets`), "-" the pool was empty, "L" the
@@ -77,38 +79,51 @@
 -- buyers, one HSET of the answers), and the answers are read with one HMGET per bucket (two or
 -- three), so a batch costs a few commands more than an anonymous one, not a few per purchase.
 
--- The answers' buckets for a call at `now` with key lifetime `life`: their width, the names
--- of the buckets a record that still counts can be in, newest first, and the current one's
--- expiry. Sets the width when no bucket is left. Errors, before any write, when an instance's
--- lifetime is so much longer than the width another set that reading would take over 256
--- buckets: configure one --idempotency-ttl for all instances.
+-- The answers' buckets for a call at `now` with key lifetime `life`: the names of the buckets a
+-- record that still counts can be in, and the bucket this call writes (name, its width and
+-- lifetime, and its expiry). A width's buckets hold records written at most width + its
+-- writers' lifetime ago, so a call reads at most a few of each width.
 local function answer_buckets(now, life)
-  local width = tonumber(redis.call('GET', KEYS[10]) or '0')
-  if width == 0 then
-    width = math.max(math.ceil(life / 2), 1000)
-    redis.call('SET', KEYS[10], width, 'PXAT', (math.floor(now / width) + 1) * width + life)
+  local prefix = string.sub(KEYS[10], 1, -7)
+  local names, seen = {}, {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf')) do
+    local w, l = string.match(member, '^(%d+):(%d+)$')
+    w, l = tonumber(w), tonumber(l)
+    local last = math.floor(now / w)
+    for b = last, math.floor((now - math.min(life, w + l)) / w), -1 do
+      local name = prefix .. w .. ':' .. b
+      if not seen[name] then
+        seen[name] = true
+        names[#names + 1] = name
+      end
+    end
   end
-  local last, first = math.floor(now / width), math.floor((now - life) / width)
-  if last - first >= 256 then
-    return nil, 'ticketd: an Idempotency-Key lifetime of ' .. life .. ' ms needs ' ..
-      (last - first + 1) .. ' buckets of ' .. width .. ' ms (another instance set that width)'
+  local width = math.max(math.ceil(life / 2), 1000)
+  local b = math.floor(now / width)
+  local current = prefix .. width .. ':' .. b
+  if not seen[current] then
+    names[#names + 1] = current
   end
-  local prefix = string.sub(KEYS[10], 1, -6)
-  local names = {}
-  for b = last, first, -1 do
-    names[#names + 1] = prefix .. b
-  end
-  return {width = width, names = names, expiry = (last + 1) * width + life}
+  return {
+    names = names,
+    current = current,
+    member = width .. ':' .. life,
+    expiry = (b + 1) * width + life,
+    now = now,
+  }
 end
 
 -- Records a batch's new answers (field, value pairs) in the current bucket, and keeps the bucket
--- and the width alive as long as the newest of them counts.
+-- and its width's entry alive as long as the newest of them counts.
 local function record_answers(buckets, answers)
-  local current = buckets.names[1]
+  local current, expiry = buckets.current, buckets.expiry
   redis.call('HSET', current, unpack(answers))
-  redis.call('PEXPIREAT', current, buckets.expiry, 'NX')
-  redis.call('PEXPIREAT', current, buckets.expiry, 'GT')
-  redis.call('PEXPIREAT', KEYS[10], buckets.expiry, 'GT')
+  redis.call('PEXPIREAT', current, expiry, 'NX')
+  redis.call('PEXPIREAT', current, expiry, 'GT')
+  redis.call('ZADD', KEYS[10], 'GT', expiry, buckets.member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', buckets.now)
+  redis.call('PEXPIREAT', KEYS[10], expiry, 'NX')
+  redis.call('PEXPIREAT', KEYS[10], expiry, 'GT')
 end
 
 local function buyers(reserved)
@@ -140,34 +155,25 @@ local function buyers(reserved)
   end
   local buckets, found, where, legacy, install = nil, {}, {}, {}, '0'
   if #fields > 0 then
-    local err
-    buckets, err = answer_buckets(now, life)
-    if not buckets then
-      return redis.error_reply(err)
-    end
+    buckets = answer_buckets(now, life)
     install = redis.call('HGET', KEYS[4], 'install') or '0'
-    local left = #fields
     for _, name in ipairs(buckets.names) do
       local got = redis.call('HMGET', name, unpack(fields))
       for j = 1, #fields do
         local rec = got[j]
-        if rec and not found[j] then
+        if rec then
           local ev, ticket, remaining, batch, at, pool =
-            string.match(rec, '^(%S+) (%S+) (%d+) (%S+) (%d+) (%d+)$')
+            string.match(rec, '^(%S+) (%S+) (%d+) (%S+) (%d+) (%S+)$')
           local ms = tonumber(at)
-          if ms and ms + life > now then
+          if ms and ms + life > now and not (found[j] and tonumber(found[j][5]) >= ms) then
             if ev == event and pool ~= install then
               -- Answered before the event was reset: still bound to it, its ticket void.
               ticket = '-'
             end
             found[j] = {ev, ticket, remaining, batch, at, pool}
             where[j] = name
-            left = left - 1
           end
         end
-      end
-      if left == 0 then
-        break
       end
     end
   end

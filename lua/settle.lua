@@ -6,8 +6,8 @@
 -- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (the answers before time buckets),
 -- KEYS[9] event:{id}:fallback_buyers (HASH "<instance>\n<buyer>" -> tickets that instance's
 -- reserves sold the buyer, over all its runs: a restarted instance starts its count from it),
--- KEYS[10] <answers>:width (the answers' time buckets: see purchase.lua, whose layout and
--- helpers below are the same), KEYS[11] event:{id}:meta (its "install" count)
+-- KEYS[10] <answers>:widths (the answers' time buckets: see purchase.lua, whose layout and
+-- helper below are the same), KEYS[11] event:{id}:meta (its "install")
 -- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
 -- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
 -- ("" none), the remaining count its buyer was told
@@ -24,8 +24,9 @@
 -- A known buyer's sale joins the buyer's tickets, and its key is recorded as answered (a retry
 -- gets the same ticket); a key that already names another ticket was used for two sales (on two
 -- instances while Redis was down, or on Redis and then from a reserve) and is reported, and the
--- key then answers the fallback's ticket unless a repeat already confirmed the other one. So are the buyers holding more than the limit
--- after this settlement: instances enforce it only from what each knows while Redis is down.
+-- key then answers the fallback's ticket unless a repeat already confirmed the other one. The
+-- buyers holding more than the limit after this settlement are reported too: instances enforce
+-- it only from what each knows while Redis is down.
 -- Returns {settled, already, late, {conflicting ticket ids}, {"<buyer>\n<held>" over the
 -- limit}, {"<buyer>\n<key>" used for two sales}}.
 local held = redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1
@@ -37,26 +38,36 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local life = tonumber(ARGV[3])
 local event = string.match(KEYS[3], '{(.*)}')
 
--- As in purchase.lua: the answers' buckets for a call at `now`, newest first.
+-- As in purchase.lua (see there): the buckets a record that still counts can be in, and the
+-- bucket this call writes.
 local function answer_buckets()
-  local width = tonumber(redis.call('GET', KEYS[10]) or '0')
-  if width == 0 then
-    width = math.max(math.ceil(life / 2), 1000)
-    redis.call('SET', KEYS[10], width, 'PXAT', (math.floor(now / width) + 1) * width + life)
+  local prefix = string.sub(KEYS[10], 1, -7)
+  local names, seen = {}, {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf')) do
+    local w, l = string.match(member, '^(%d+):(%d+)$')
+    w, l = tonumber(w), tonumber(l)
+    local last = math.floor(now / w)
+    for b = last, math.floor((now - math.min(life, w + l)) / w), -1 do
+      local name = prefix .. w .. ':' .. b
+      if not seen[name] then
+        seen[name] = true
+        names[#names + 1] = name
+      end
+    end
   end
-  local last, first = math.floor(now / width), math.floor((now - life) / width)
-  if last - first >= 256 then
-    error('ticketd: an Idempotency-Key lifetime of ' .. life .. ' ms needs ' ..
-      (last - first + 1) .. ' buckets of ' .. width .. ' ms (another instance set that width)')
+  local width = math.max(math.ceil(life / 2), 1000)
+  local b = math.floor(now / width)
+  local current = prefix .. width .. ':' .. b
+  if not seen[current] then
+    names[#names + 1] = current
   end
-  local prefix = string.sub(KEYS[10], 1, -6)
-  local names = {}
-  for b = last, first, -1 do
-    names[#names + 1] = prefix .. b
-  end
-  return {width = width, names = names, expiry = (last + 1) * width + life}
+  return {
+    names = names,
+    current = current,
+    member = width .. ':' .. life,
+    expiry = (b + 1) * width + life,
+  }
 end
--- Known before any write: a lifetime the buckets cannot serve stops the call with nothing done.
 local buckets, install
 for i = 8, #ARGV, 6 do
   if ARGV[i] ~= '' then
@@ -98,17 +109,17 @@ for i = 4, #ARGV, 6 do
         local field = buyer .. '\n' .. key
         -- What the key answers now: the newest record that counts (one of an earlier install
         -- of the event answers no ticket), else the layout before buckets.
-        local ev, sold, batch
+        local ev, sold, batch, newest
         for _, name in ipairs(buckets.names) do
           local rec = redis.call('HGET', name, field)
           local e, tk, _, b, at, pool =
-            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+) (%d+)$')
-          if at and tonumber(at) + life > now then
-            ev, sold, batch = e, tk, b
+            string.match(rec or '', '^(%S+) (%S+) (%d+) (%S+) (%d+) (%S+)$')
+          local ms = tonumber(at)
+          if ms and ms + life > now and not (newest and newest >= ms) then
+            ev, sold, batch, newest = e, tk, b, ms
             if ev == event and pool ~= install then
               sold, batch = '-', '-'
             end
-            break
           end
         end
         if not sold or sold == '-' then
@@ -127,12 +138,14 @@ for i = 4, #ARGV, 6 do
         -- single Redis it also replaces another event's record, whose buyer then gets 422 on a
         -- retry there: the key went to two events, and a lost answer here would sell again.
         if not mine and not (batch == '*' and ev == event) then
-          local current = buckets.names[1]
+          local current, expiry = buckets.current, buckets.expiry
           redis.call('HSET', current, field, event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' ..
             string.format('%d', now) .. ' ' .. install)
-          redis.call('PEXPIREAT', current, buckets.expiry, 'NX')
-          redis.call('PEXPIREAT', current, buckets.expiry, 'GT')
-          redis.call('PEXPIREAT', KEYS[10], buckets.expiry, 'GT')
+          redis.call('PEXPIREAT', current, expiry, 'NX')
+          redis.call('PEXPIREAT', current, expiry, 'GT')
+          redis.call('ZADD', KEYS[10], 'GT', expiry, buckets.member)
+          redis.call('PEXPIREAT', KEYS[10], expiry, 'NX')
+          redis.call('PEXPIREAT', KEYS[10], expiry, 'GT')
         end
       end
       if limit > 0 and buyer ~= '' and not seen[buyer] then

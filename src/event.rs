@@ -94,9 +94,9 @@ pub struct EventKeys {
     pub idempotency: Key,
     /// `event:{id}:keys:ttl`: ZSET `<buyer>\n<Idempotency-Key>` -> expiry (unix ms), the same.
     pub idempotency_ttl: Key,
-    /// `event:{id}:idempotency:width`: the width of this event's answer buckets
-    /// (`event:{id}:idempotency:<bucket>`), on a cluster ([`Answers::PerEvent`]).
-    pub answers_width: Key,
+    /// `event:{id}:idempotency:widths`: ZSET of the widths of this event's answer buckets
+    /// (`event:{id}:idempotency:<width>:<bucket>`) in use, on a cluster ([`Answers::PerEvent`]).
+    pub answers_widths: Key,
     /// `event:{id}:fallback_buyers`: HASH `<instance>\n<buyer>` -> tickets that instance's
     /// reserves sold the buyer (written by `settle.lua`), so that a restarted instance holds a
     /// buyer to the limit from what all its runs sold, not only this one.
@@ -127,7 +127,7 @@ impl EventKeys {
             buyers: Key::from(format!("event:{{{id}}}:buyers")),
             idempotency: Key::from(format!("event:{{{id}}}:keys")),
             idempotency_ttl: Key::from(format!("event:{{{id}}}:keys:ttl")),
-            answers_width: Key::from(format!("event:{{{id}}}:idempotency:width")),
+            answers_widths: Key::from(format!("event:{{{id}}}:idempotency:widths")),
             fallback_buyers: Key::from(format!("event:{{{id}}}:fallback_buyers")),
         }
     }
@@ -183,31 +183,31 @@ impl EventKeys {
             self.buyers.clone(),
             self.idempotency.clone(),
             self.idempotency_ttl.clone(),
-            self.answers_width(answers),
+            self.answers_widths(answers),
         ]);
         keys
     }
 
-    /// The width key of the answer buckets this event's keyed purchases use.
-    pub fn answers_width(&self, answers: Answers) -> Key {
+    /// The key naming the answer buckets this event's keyed purchases use.
+    pub fn answers_widths(&self, answers: Answers) -> Key {
         match answers {
-            Answers::Shared => SHARED_ANSWERS_WIDTH,
-            Answers::PerEvent => self.answers_width.clone(),
+            Answers::Shared => SHARED_ANSWERS_WIDTHS,
+            Answers::PerEvent => self.answers_widths.clone(),
         }
     }
 }
 
-/// The width key of the answer buckets shared by all events on a single Redis.
-const SHARED_ANSWERS_WIDTH: Key = Key::from_static_str("idempotency:width");
+/// The key naming the answer buckets shared by all events on a single Redis.
+const SHARED_ANSWERS_WIDTHS: Key = Key::from_static_str("idempotency:widths");
 
-/// Where a store keeps the answers to `Idempotency-Key`s: hashes of time buckets, named from a
-/// width key (`lua/purchase.lua`, "The answers"; design.md, the key layout).
+/// Where a store keeps the answers to `Idempotency-Key`s: hashes of time buckets, listed by
+/// width in a `widths` key (`lua/purchase.lua`, "The answers"; design.md, the key layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answers {
-    /// One family for every event, `idempotency:<bucket>`: a single Redis, where a key's answer
+    /// One family for every event, `idempotency:<width>:<bucket>`: a single Redis, where a key's answer
     /// also binds it to the event it was first used for, in the purchase script.
     Shared,
-    /// Each event's own, `event:{id}:idempotency:<bucket>`, in the event's slot: a Redis
+    /// Each event's own, `event:{id}:idempotency:<width>:<bucket>`, in the event's slot: a Redis
     /// Cluster, where ticketd binds a key in its buyer's slot before the call.
     PerEvent,
 }

@@ -185,25 +185,48 @@ async fn buckets(r: &Client, family: &str) -> Vec<String> {
         .custom(fred::cmd!("KEYS"), vec![format!("{family}:*")])
         .await
         .unwrap();
-    names.retain(|n| !n.ends_with(":width"));
+    names.retain(|n| !n.ends_with(":widths"));
     names.sort();
     names
 }
 
 /// The newest record of `field` in a family's buckets (`<event> <ticket> <remaining> <batch>
-/// <written>`), and its bucket.
+/// <written> <install>`), and its bucket.
 async fn answer(r: &Client, family: &str, field: &str) -> Option<(String, String)> {
     let mut newest: Option<(u64, String, String)> = None;
     for name in buckets(r, family).await {
         let rec: Option<String> = r.hget(&name, field).await.unwrap();
         if let Some(rec) = rec {
-            let b: u64 = name.rsplit(':').next().unwrap().parse().unwrap();
-            if newest.as_ref().is_none_or(|(n, ..)| b > *n) {
-                newest = Some((b, rec, name));
+            let at = written(&rec);
+            if newest.as_ref().is_none_or(|(n, ..)| at > *n) {
+                newest = Some((at, rec, name));
             }
         }
     }
     newest.map(|(_, rec, name)| (rec, name))
+}
+
+/// Lists buckets of `width` written with key lifetime `life` (ms) in a family, as a writer
+/// with that lifetime would have.
+async fn width_in_use(r: &Client, family: &str, width: u64, life: u64) {
+    let _: () = r
+        .custom(
+            fred::cmd!("ZADD"),
+            vec![
+                format!("{family}:widths"),
+                "9999999999999".to_owned(),
+                format!("{width}:{life}"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// The name of an event's current pool, which answers carry.
+async fn install(r: &Client, event: &str) -> String {
+    r.hget(format!("event:{{{event}}}:meta"), "install")
+        .await
+        .unwrap()
 }
 
 /// The record without its write time and install count (the rest is what a test can predict).
@@ -319,14 +342,17 @@ async fn a_key_expires_after_its_lifetime_and_then_buys_afresh() {
     );
     // Nothing is kept for good: every bucket, and the width, expire as a whole, at most one
     // width (1 s at this lifetime) plus one lifetime from now.
-    let width: u64 = r.get("idempotency:width").await.unwrap();
-    assert_eq!(width, 1000, "half the lifetime, at least 1 s");
+    let widths: Vec<String> = r
+        .custom(fred::cmd!("ZRANGE"), vec!["idempotency:widths", "0", "-1"])
+        .await
+        .unwrap();
+    assert_eq!(widths, ["1000:1000"], "half the lifetime, at least 1 s");
     let names = buckets(&r, "idempotency").await;
     assert!(!names.is_empty());
     for name in names
         .iter()
         .map(String::as_str)
-        .chain(["idempotency:width"])
+        .chain(["idempotency:widths"])
     {
         let left: i64 = r.pttl(name).await.unwrap();
         assert!(left > 0 && left <= 2000, "{name} expires in {left} ms");
@@ -346,7 +372,7 @@ async fn settle_one(r: &Client, ticket: &str) -> Vec<Value> {
         "keys",
         "keys:ttl",
         "fallback_buyers",
-        "idempotency:width",
+        "idempotency:widths",
         "meta",
     ]
     .iter()
@@ -437,17 +463,15 @@ async fn an_answer_counts_in_any_bucket_of_its_lifetime_and_not_after_it() {
     // Buckets of 1 s, keys living 3 s: records written 1.5 s and 2.9 s ago sit in earlier
     // buckets than the current one, and still count; one written at the start of the oldest
     // bucket read does not.
-    let _: () = r
-        .set("event:{v}:idempotency:width", 1000, None, None, false)
-        .await
-        .unwrap();
+    width_in_use(&r, "event:{v}:idempotency", 1000, 3000).await;
+    let pool = install(&r, "v").await;
     let now = redis_ms(&r).await;
     let plant = |field: &'static str, ticket: &'static str, age: u64| {
-        let r = r.clone();
+        let (r, pool) = (r.clone(), pool.clone());
         async move {
             let at = now - age;
-            let bucket = format!("event:{{v}}:idempotency:{}", at / 1000);
-            let record = format!("v {ticket} 5 i.0:1 {at} 1");
+            let bucket = format!("event:{{v}}:idempotency:1000:{}", at / 1000);
+            let record = format!("v {ticket} 5 i.0:1 {at} {pool}");
             let _: () = r.hset(bucket, (field, record)).await.unwrap();
         }
     };
@@ -479,29 +503,42 @@ async fn an_answer_counts_in_any_bucket_of_its_lifetime_and_not_after_it() {
     assert_eq!(told(&alice), "v v-000101 5 *");
     assert_eq!(
         bucket,
-        format!("event:{{v}}:idempotency:{}", (now - 1500) / 1000)
+        format!("event:{{v}}:idempotency:1000:{}", (now - 1500) / 1000)
     );
 }
 
 #[tokio::test]
-async fn a_lifetime_too_long_for_the_width_is_refused_before_any_write() {
+async fn a_changed_lifetime_reads_the_buckets_of_the_old_one_and_starts_its_own() {
     let redis = RedisServer::start();
     let (_store, _event) = store(&redis, "v", 10, None).await;
     let r = redis.client().await;
-    let _: () = r
-        .set("event:{v}:idempotency:width", 1000, None, None, false)
+    // Instances with a lifetime of 1 s wrote buckets of 1 s; now the lifetime is 300 s.
+    width_in_use(&r, "event:{v}:idempotency", 1000, 1000).await;
+    let pool = install(&r, "v").await;
+    let at = redis_ms(&r).await - 300;
+    let bucket = format!("event:{{v}}:idempotency:1000:{}", at / 1000);
+    let record = format!("v v-000107 4 i.0:1 {at} {pool}");
+    let _: () = r.hset(&bucket, ("alice\nk", record)).await.unwrap();
+    let again = buy_living(&r, "b.1", "alice", "k", 300_000).await.unwrap();
+    assert_eq!(again[4], "R:v-000107:4", "{again:?}");
+    // A new key goes to a bucket of the new width (150 s), listed beside the old one.
+    let fresh = buy_living(&r, "b.2", "bob", "k", 300_000).await.unwrap();
+    assert_eq!(fresh[4], "S", "{fresh:?}");
+    let (_, bucket) = answer(&r, "event:{v}:idempotency", "bob\nk").await.unwrap();
+    assert!(
+        bucket.starts_with("event:{v}:idempotency:150000:"),
+        "{bucket}"
+    );
+    let widths: Vec<String> = r
+        .custom(
+            fred::cmd!("ZRANGE"),
+            vec!["event:{v}:idempotency:widths", "0", "-1"],
+        )
         .await
         .unwrap();
-    let refused = buy_living(&r, "b.1", "alice", "k", 300_000).await;
-    let e = refused.expect_err("300 s in buckets of 1 s");
-    assert!(e.to_string().contains("needs 301 buckets"), "{e}");
-    let batch: Option<String> = r.hget("event:{v}:batches", "b.1").await.unwrap();
-    assert_eq!(batch, None, "nothing ran");
-    let pool: u64 = r.llen("event:{v}:tickets").await.unwrap();
-    assert_eq!(pool, 10);
-    // Within 255 widths it runs.
-    let ok = buy_living(&r, "b.2", "alice", "k", 200_000).await.unwrap();
-    assert_eq!(ok[4], "S", "{ok:?}");
+    let mut widths = widths;
+    widths.sort();
+    assert_eq!(widths, ["1000:1000", "150000:300000"]);
 }
 
 #[tokio::test]
@@ -519,6 +556,38 @@ async fn a_reset_event_does_not_answer_keys_with_tickets_of_its_old_pool() {
     let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
     pool.init().await.unwrap();
     seed_event(&pool, "rs", 10, true).await.unwrap();
+    let bob = store.purchase_as(&event, who("bob", None)).await.unwrap();
+    assert!(matches!(bob, Sale::Sold { ticket: 1, .. }), "{bob:?}");
+    let again = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Sale::Sold { ticket: 2, .. }),
+        "a new purchase, not bob's ticket: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_deleted_and_seeded_again_does_not_answer_keys_with_its_new_tickets() {
+    let redis = RedisServer::start();
+    let (store, event) = store(&redis, "rc", 10, None).await;
+    let first = store
+        .purchase_as(&event, who("alice", Some("k")))
+        .await
+        .unwrap();
+    assert!(matches!(first, Sale::Sold { ticket: 1, .. }), "{first:?}");
+    // Every key of the event goes (an operator, or lost data), and the event is seeded again:
+    // its install count starts over, and the answers outside the event's keys remain.
+    let r = redis.client().await;
+    let keys: Vec<String> = r
+        .custom(fred::cmd!("KEYS"), vec!["event:{rc}:*"])
+        .await
+        .unwrap();
+    let _: () = r.del(keys).await.unwrap();
+    let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
+    pool.init().await.unwrap();
+    seed_event(&pool, "rc", 10, false).await.unwrap();
     let bob = store.purchase_as(&event, who("bob", None)).await.unwrap();
     assert!(matches!(bob, Sale::Sold { ticket: 1, .. }), "{bob:?}");
     let again = store
@@ -614,10 +683,8 @@ async fn a_void_sale_in_an_older_bucket_of_one_redis_keeps_the_binding_and_gives
     let r = redis.client().await;
     // One Redis: every event's answers in one family. A sale made 1.5 s ago, in a bucket before
     // the current one (buckets of 1 s), whose outcome its instance never learned.
-    let _: () = r
-        .set("idempotency:width", 1000, None, None, false)
-        .await
-        .unwrap();
+    width_in_use(&r, "idempotency", 1000, 3000).await;
+    let pool = install(&r, "w").await;
     let at = redis_ms(&r).await - 1500;
     let ticket: String = r.lpop("event:{w}:tickets", None).await.unwrap();
     let sale = format!("old.1:1 {at}\nalice\nk");
@@ -626,8 +693,8 @@ async fn a_void_sale_in_an_older_bucket_of_one_redis_keeps_the_binding_and_gives
         .hset("event:{w}:batches", ("old.1:1", &ticket))
         .await
         .unwrap();
-    let bucket = format!("idempotency:{}", at / 1000);
-    let record = format!("w {ticket} 9 old.1:1 {at} 1");
+    let bucket = format!("idempotency:1000:{}", at / 1000);
+    let record = format!("w {ticket} 9 old.1:1 {at} {pool}");
     let _: () = r.hset(&bucket, ("alice\nk", record)).await.unwrap();
     let back: i64 = LuaScript::new(CANCEL)
         .run(
@@ -640,7 +707,11 @@ async fn a_void_sale_in_an_older_bucket_of_one_redis_keeps_the_binding_and_gives
         .unwrap();
     assert_eq!(back, 1, "the ticket goes back");
     let kept: String = r.hget(&bucket, "alice\nk").await.unwrap();
-    assert_eq!(kept, format!("w - 0 - {at} 1"), "bound to w, no ticket");
+    assert_eq!(
+        kept,
+        format!("w - 0 - {at} {pool}"),
+        "bound to w, no ticket"
+    );
     let retry = store
         .purchase_as(&event, who("alice", Some("k")))
         .await
@@ -656,15 +727,12 @@ async fn a_settlement_after_a_reset_replaces_an_answer_of_the_old_pool() {
     let redis = RedisServer::start();
     let (_store, _event) = store(&redis, "v", 10, None).await;
     let r = redis.client().await;
-    // A confirmed answer written while the event's pool was its first (install 0: before a
-    // reset); the pool now is a later one (seeded: install 1).
+    // A confirmed answer written under an earlier pool (install 0: before a reset); the pool
+    // now is a later one (seeded anew).
     let width = 43_200_000u64;
-    let _: () = r
-        .set("event:{v}:idempotency:width", width, None, None, false)
-        .await
-        .unwrap();
+    width_in_use(&r, "event:{v}:idempotency", width, 86_400_000).await;
     let now = redis_ms(&r).await;
-    let bucket = format!("event:{{v}}:idempotency:{}", now / width);
+    let bucket = format!("event:{{v}}:idempotency:{width}:{}", now / width);
     let record = format!("v v-000005 3 * {now} 0");
     let _: () = r.hset(&bucket, ("alice\nk", record)).await.unwrap();
     let reply = settle_one(&r, "v-000010").await;

@@ -63,7 +63,7 @@ async fn late_sales_on_a_million_ticket_pool_are_cheap_and_never_resold() {
                 "keys",
                 "keys:ttl",
                 "fallback_buyers",
-                "idempotency:width",
+                "idempotency:widths",
                 "meta",
             ]),
             args,

@@ -36,8 +36,9 @@ impl Purchaser {
 
     /// `buyer:{<length>:<buyer>}:key:<key>`: the STRING that binds a key to the event it was
     /// first used for on a Redis Cluster, so that the same key sent for another event is
-    /// refused (`422`) on any instance (one Redis binds it with its answer). The buyer's length in front keeps two (buyer, key) pairs from ever naming one
-    /// key (`a` with `b}:key:c` against `a}:key:b` with `c`).
+    /// refused (`422`) on any instance (one Redis binds it with its answer). The buyer's length
+    /// in front keeps two (buyer, key) pairs from ever naming one key (`a` with `b}:key:c`
+    /// against `a}:key:b` with `c`).
     pub fn claim_key(&self) -> Option<String> {
         // Built by hand: `format!` cost about 1,000 instructions per keyed purchase here.
         let key = self.key.as_deref()?;

@@ -135,7 +135,7 @@ fn keys(event: &EventKeys, reserve: Key, s: &Shared) -> Vec<Key> {
         event.idempotency.clone(),
         event.idempotency_ttl.clone(),
         event.fallback_buyers.clone(),
-        event.answers_width(Answers::of_single_node(s.redis.binds_keys())),
+        event.answers_widths(Answers::of_single_node(s.redis.binds_keys())),
         event.meta.clone(),
     ]
 }
