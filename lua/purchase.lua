@@ -86,11 +86,16 @@
 local function answer_buckets(now, life)
   local prefix = string.sub(KEYS[10], 1, -7)
   local names, seen = {}, {}
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf')) do
-    local w, l = string.match(member, '^(%d+):(%d+)$')
+  local live = redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf', 'WITHSCORES')
+  for i = 1, #live, 2 do
+    local w, l = string.match(live[i], '^(%d+):(%d+)$')
     w, l = tonumber(w), tonumber(l)
-    local last = math.floor(now / w)
-    for b = last, math.floor((now - math.min(life, w + l)) / w), -1 do
+    -- From the width's newest bucket (its expiry says which), not only from now's: a clock
+    -- that stepped back (a failover to a replica behind) must still find the last answers.
+    -- (At most 64 buckets of a width: a score nothing wrote cannot make a call scan forever.)
+    local last = math.max(math.floor(now / w), math.floor((tonumber(live[i + 1]) - l) / w) - 1)
+    local first = math.max(math.floor((now - math.min(life, w + l)) / w), last - 63)
+    for b = last, first, -1 do
       local name = prefix .. w .. ':' .. b
       if not seen[name] then
         seen[name] = true

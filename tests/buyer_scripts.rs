@@ -207,14 +207,15 @@ async fn answer(r: &Client, family: &str, field: &str) -> Option<(String, String
 }
 
 /// Lists buckets of `width` written with key lifetime `life` (ms) in a family, as a writer
-/// with that lifetime would have.
+/// with that lifetime would have by writing into the current bucket.
 async fn width_in_use(r: &Client, family: &str, width: u64, life: u64) {
+    let expiry = (redis_ms(r).await / width + 1) * width + life;
     let _: () = r
         .custom(
             fred::cmd!("ZADD"),
             vec![
                 format!("{family}:widths"),
-                "9999999999999".to_owned(),
+                expiry.to_string(),
                 format!("{width}:{life}"),
             ],
         )
@@ -466,25 +467,30 @@ async fn an_answer_counts_in_any_bucket_of_its_lifetime_and_not_after_it() {
     width_in_use(&r, "event:{v}:idempotency", 1000, 3000).await;
     let pool = install(&r, "v").await;
     let now = redis_ms(&r).await;
-    let plant = |field: &'static str, ticket: &'static str, age: u64| {
+    width_in_use(&r, "event:{v}:idempotency", 2000, 3000).await;
+    let plant = |field: &'static str, ticket: &'static str, age: u64, width: u64| {
         let (r, pool) = (r.clone(), pool.clone());
         async move {
             let at = now - age;
-            let bucket = format!("event:{{v}}:idempotency:1000:{}", at / 1000);
+            let bucket = format!("event:{{v}}:idempotency:{width}:{}", at / width);
             let record = format!("v {ticket} 5 i.0:1 {at} {pool}");
             let _: () = r.hset(bucket, (field, record)).await.unwrap();
         }
     };
-    plant("alice\nk", "v-000101", 1500).await;
-    plant("bob\nk", "v-000102", 2900).await;
-    plant("carol\nk", "v-000103", 3000 + (now - 3000) % 1000).await;
-    // Two records of one key: the newer bucket's wins.
-    plant("dave\nk", "v-000104", 2900).await;
-    plant("dave\nk", "v-000105", 100).await;
+    plant("alice\nk", "v-000101", 1500, 1000).await;
+    plant("bob\nk", "v-000102", 2900, 1000).await;
+    plant("carol\nk", "v-000103", 3000 + (now - 3000) % 1000, 1000).await;
+    // Two records of one key: the newer wins, in one width or across two (the buckets of 1 s
+    // are read first).
+    plant("dave\nk", "v-000104", 2900, 1000).await;
+    plant("dave\nk", "v-000105", 100, 1000).await;
+    plant("erin\nk", "v-000106", 2000, 1000).await;
+    plant("erin\nk", "v-000108", 100, 2000).await;
     for (buyer, ticket) in [
         ("alice", "v-000101"),
         ("bob", "v-000102"),
         ("dave", "v-000105"),
+        ("erin", "v-000108"),
     ] {
         let reply = buy_living(&r, &format!("b.{buyer}"), buyer, "k", 3000)
             .await
@@ -542,6 +548,34 @@ async fn a_changed_lifetime_reads_the_buckets_of_the_old_one_and_starts_its_own(
 }
 
 #[tokio::test]
+async fn answers_written_before_the_clock_stepped_back_are_still_found() {
+    let redis = RedisServer::start();
+    let (_store, _event) = store(&redis, "v", 10, None).await;
+    let r = redis.client().await;
+    // A failover to a replica whose clock is 5 s behind the old primary's: the last answers
+    // were written "5 s from now", in a bucket after the current one.
+    let pool = install(&r, "v").await;
+    let at = redis_ms(&r).await + 5000;
+    let bucket = format!("event:{{v}}:idempotency:1500:{}", at / 1500);
+    let record = format!("v v-000109 2 i.0:1 {at} {pool}");
+    let _: () = r.hset(&bucket, ("alice\nk", record)).await.unwrap();
+    let expiry = (at / 1500 + 1) * 1500 + 3000;
+    let _: () = r
+        .custom(
+            fred::cmd!("ZADD"),
+            vec![
+                "event:{v}:idempotency:widths".to_owned(),
+                expiry.to_string(),
+                "1500:3000".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+    let again = buy_living(&r, "b.1", "alice", "k", 3000).await.unwrap();
+    assert_eq!(again[4], "R:v-000109:2", "{again:?}");
+}
+
+#[tokio::test]
 async fn a_reset_event_does_not_answer_keys_with_tickets_of_its_old_pool() {
     let redis = RedisServer::start();
     let (store, event) = store(&redis, "rs", 10, None).await;
@@ -585,6 +619,8 @@ async fn an_event_deleted_and_seeded_again_does_not_answer_keys_with_its_new_tic
         .await
         .unwrap();
     let _: () = r.del(keys).await.unwrap();
+    let (kept, _) = answer(&r, "idempotency", "alice\nk").await.unwrap();
+    assert!(kept.starts_with("rc rc-000001 "), "{kept:?}");
     let pool = build_pool(&RedisOptions::new(redis.url())).unwrap();
     pool.init().await.unwrap();
     seed_event(&pool, "rc", 10, false).await.unwrap();
