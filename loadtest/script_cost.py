@@ -133,7 +133,10 @@ def measure(script, label, mode, calls, n, limit):
         for i in range(0, total, 10_000):
             conn.call("RPUSH", key("tickets"), *ids[i : i + 10_000])
         conn.call("HSET", key("meta"), "capacity", total)
-        sha = conn.call("SCRIPT", "LOAD", open(script).read()).decode()
+        # As ticketd sends it: the answers' buckets in front (lua/answers.lua).
+        shared = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lua",
+                                   "answers.lua")).read()
+        sha = conn.call("SCRIPT", "LOAD", shared + open(script).read()).decode()
         keys = [key(k) for k in ("tickets", "sold", "batches", "meta", "reserved", "stale",
                                  "buyers", "keys", "keys:ttl")] + ["idempotency:widths"]
         requests = []

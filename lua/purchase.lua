@@ -79,56 +79,17 @@
 -- buyers, one HSET of the answers), and the answers are read with one HMGET per bucket (two or
 -- three), so a batch costs a few commands more than an anonymous one, not a few per purchase.
 
--- The answers' buckets for a call at `now` with key lifetime `life`: the names of the buckets a
--- record that still counts can be in, and the bucket this call writes (name, its width and
--- lifetime, and its expiry). A width's buckets hold records written at most width + its
--- writers' lifetime ago, so a call reads at most a few of each width.
-local function answer_buckets(now, life)
-  local prefix = string.sub(KEYS[10], 1, -7)
-  local names, seen = {}, {}
-  local live = redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf', 'WITHSCORES')
-  for i = 1, #live, 2 do
-    local w, l = string.match(live[i], '^(%d+):(%d+)$')
-    w, l = tonumber(w), tonumber(l)
-    -- From the width's newest bucket (its expiry says which), not only from now's: a clock
-    -- that stepped back (a failover to a replica behind) must still find the last answers.
-    -- (At most 64 buckets of a width: a score nothing wrote cannot make a call scan forever.)
-    local last = math.max(math.floor(now / w), math.floor((tonumber(live[i + 1]) - l) / w) - 1)
-    local first = math.max(math.floor((now - math.min(life, w + l)) / w), last - 63)
-    for b = last, first, -1 do
-      local name = prefix .. w .. ':' .. b
-      if not seen[name] then
-        seen[name] = true
-        names[#names + 1] = name
-      end
-    end
-  end
-  local width = math.max(math.ceil(life / 2), 1000)
-  local b = math.floor(now / width)
-  local current = prefix .. width .. ':' .. b
-  if not seen[current] then
-    names[#names + 1] = current
-  end
-  return {
-    names = names,
-    current = current,
-    member = width .. ':' .. life,
-    expiry = (b + 1) * width + life,
-    now = now,
-  }
-end
+-- answer_buckets(now, life) and record_answers(buckets, answers) come from lua/answers.lua, which
+-- ticketd sends in front of this script.
 
--- Records a batch's new answers (field, value pairs) in the current bucket, and keeps the bucket
--- and its width's entry alive as long as the newest of them counts.
-local function record_answers(buckets, answers)
-  local current, expiry = buckets.current, buckets.expiry
-  redis.call('HSET', current, unpack(answers))
-  redis.call('PEXPIREAT', current, expiry, 'NX')
-  redis.call('PEXPIREAT', current, expiry, 'GT')
-  redis.call('ZADD', KEYS[10], 'GT', expiry, buckets.member)
-  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', buckets.now)
-  redis.call('PEXPIREAT', KEYS[10], expiry, 'NX')
-  redis.call('PEXPIREAT', KEYS[10], expiry, 'GT')
+-- Marks a sale as told to its buyer by a repeat: its ledger record stops naming the batch (a
+-- leading "="), so that no cancellation of that batch can give the ticket back, whenever it
+-- runs and even once the key has expired.
+local function told(ticket)
+  local sale = redis.call('HGET', KEYS[2], ticket)
+  if sale and string.sub(sale, 1, 1) ~= '=' then
+    redis.call('HSET', KEYS[2], ticket, '=' .. sale)
+  end
 end
 
 local function buyers(reserved)
@@ -215,18 +176,13 @@ local function buyers(reserved)
           out = 'U'
         elseif ticket ~= '-' then
           if batch ~= '*' then
-            -- Told now: the ledger record stops naming the batch (a leading "="), so that no
-            -- cancellation of that batch can give the ticket back, whenever it runs and even
-            -- once this key has expired; the answer is marked too.
+            -- Told now: the sale and the answer are marked.
             local marks = replayed[where[j]] or {}
             replayed[where[j]] = marks
             marks[#marks + 1] = field
             marks[#marks + 1] = ev .. ' ' .. ticket .. ' ' .. remaining .. ' * ' .. at .. ' ' ..
               pool
-            local sale = redis.call('HGET', KEYS[2], ticket)
-            if sale and string.sub(sale, 1, 1) ~= '=' then
-              redis.call('HSET', KEYS[2], ticket, '=' .. sale)
-            end
+            told(ticket)
           end
           out = 'R:' .. ticket .. ':' .. remaining
         end
@@ -238,10 +194,7 @@ local function buyers(reserved)
           if batch ~= '*' then
             legacy_replayed[#legacy_replayed + 1] = field
             legacy_replayed[#legacy_replayed + 1] = ticket .. ' ' .. remaining .. ' *'
-            local sale = redis.call('HGET', KEYS[2], ticket)
-            if sale and string.sub(sale, 1, 1) ~= '=' then
-              redis.call('HSET', KEYS[2], ticket, '=' .. sale)
-            end
+            told(ticket)
           end
           out = 'R:' .. ticket .. ':' .. remaining
         elseif bind ~= '' then

@@ -6,8 +6,8 @@
 -- KEYS[7] event:{id}:keys, KEYS[8] event:{id}:keys:ttl (the answers before time buckets),
 -- KEYS[9] event:{id}:fallback_buyers (HASH "<instance>\n<buyer>" -> tickets that instance's
 -- reserves sold the buyer, over all its runs: a restarted instance starts its count from it),
--- KEYS[10] <answers>:widths (the answers' time buckets: see purchase.lua, whose layout and
--- helper below are the same), KEYS[11] event:{id}:meta (its "install")
+-- KEYS[10] <answers>:widths (the answers' time buckets: see purchase.lua and answers.lua),
+-- KEYS[11] event:{id}:meta (its "install")
 -- ARGV[1] instance, ARGV[2] most tickets per buyer (0: no limit), ARGV[3] key lifetime (ms);
 -- then six per sale: ticket id, purchase id, unix ms, buyer ("" anonymous), Idempotency-Key
 -- ("" none), the remaining count its buyer was told
@@ -38,45 +38,12 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local life = tonumber(ARGV[3])
 local event = string.match(KEYS[3], '{(.*)}')
 
--- As in purchase.lua (see there): the buckets a record that still counts can be in, and the
--- bucket this call writes.
-local function answer_buckets()
-  local prefix = string.sub(KEYS[10], 1, -7)
-  local names, seen = {}, {}
-  local live = redis.call('ZRANGEBYSCORE', KEYS[10], '(' .. now, '+inf', 'WITHSCORES')
-  for i = 1, #live, 2 do
-    local w, l = string.match(live[i], '^(%d+):(%d+)$')
-    w, l = tonumber(w), tonumber(l)
-    -- From the width's newest bucket (its expiry says which), not only from now's: a clock
-    -- that stepped back (a failover to a replica behind) must still find the last answers.
-    -- (At most 64 buckets of a width: a score nothing wrote cannot make a call scan forever.)
-    local last = math.max(math.floor(now / w), math.floor((tonumber(live[i + 1]) - l) / w) - 1)
-    local first = math.max(math.floor((now - math.min(life, w + l)) / w), last - 63)
-    for b = last, first, -1 do
-      local name = prefix .. w .. ':' .. b
-      if not seen[name] then
-        seen[name] = true
-        names[#names + 1] = name
-      end
-    end
-  end
-  local width = math.max(math.ceil(life / 2), 1000)
-  local b = math.floor(now / width)
-  local current = prefix .. width .. ':' .. b
-  if not seen[current] then
-    names[#names + 1] = current
-  end
-  return {
-    names = names,
-    current = current,
-    member = width .. ':' .. life,
-    expiry = (b + 1) * width + life,
-  }
-end
+-- answer_buckets(now, life) and record_answers(buckets, answers) come from lua/answers.lua, which
+-- ticketd sends in front of this script.
 local buckets, install
 for i = 8, #ARGV, 6 do
   if ARGV[i] ~= '' then
-    buckets = answer_buckets()
+    buckets = answer_buckets(now, life)
     install = redis.call('HGET', KEYS[11], 'install') or '0'
     break
   end
@@ -143,14 +110,8 @@ for i = 4, #ARGV, 6 do
         -- single Redis it also replaces another event's record, whose buyer then gets 422 on a
         -- retry there: the key went to two events, and a lost answer here would sell again.
         if not mine and not (batch == '*' and ev == event) then
-          local current, expiry = buckets.current, buckets.expiry
-          redis.call('HSET', current, field, event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' ..
-            string.format('%d', now) .. ' ' .. install)
-          redis.call('PEXPIREAT', current, expiry, 'NX')
-          redis.call('PEXPIREAT', current, expiry, 'GT')
-          redis.call('ZADD', KEYS[10], 'GT', expiry, buckets.member)
-          redis.call('PEXPIREAT', KEYS[10], expiry, 'NX')
-          redis.call('PEXPIREAT', KEYS[10], expiry, 'GT')
+          record_answers(buckets, {field, event .. ' ' .. ticket .. ' ' .. remaining .. ' * ' ..
+            string.format('%d', now) .. ' ' .. install})
         end
       end
       if limit > 0 and buyer ~= '' and not seen[buyer] then

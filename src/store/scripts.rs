@@ -7,8 +7,12 @@ use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
 
-/// `lua/purchase.lua`: sells tickets to a batch of purchases, idempotent per batch id.
-pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
+/// `lua/purchase.lua`: sells tickets to a batch of purchases, idempotent per batch id; behind
+/// `lua/answers.lua`, the Idempotency-Key answers' buckets it shares with `settle.lua`.
+pub const PURCHASE: &str = concat!(
+    include_str!("../../lua/answers.lua"),
+    include_str!("../../lua/purchase.lua")
+);
 /// `lua/cancel.lua`: makes a purchase of unknown outcome void and returns its ticket.
 pub const CANCEL: &str = include_str!("../../lua/cancel.lua");
 /// `lua/install.lua`: installs a seeded pool unless the event exists.
@@ -16,8 +20,12 @@ pub const INSTALL: &str = include_str!("../../lua/install.lua");
 /// `lua/claim.lua`: renews an instance's leases and tops up its fallback reserves, of one event
 /// or (a single Redis) several, and reports the other instances' leases.
 pub const CLAIM: &str = include_str!("../../lua/claim.lua");
-/// `lua/settle.lua`: writes fallback sales into the ledger, idempotently.
-pub const SETTLE: &str = include_str!("../../lua/settle.lua");
+/// `lua/settle.lua`: writes fallback sales into the ledger, idempotently; behind
+/// `lua/answers.lua`, as [`PURCHASE`].
+pub const SETTLE: &str = concat!(
+    include_str!("../../lua/answers.lua"),
+    include_str!("../../lua/settle.lua")
+);
 /// `lua/release.lua`: hands an instance's reserve back to the pool (its own, or a held-back one
 /// by an operator's decision).
 pub const RELEASE: &str = include_str!("../../lua/release.lua");
